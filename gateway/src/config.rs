@@ -1,0 +1,393 @@
+//! Typed configuration: the whole of `sluice.toml`, its defaults, and validation that reports
+//! every problem at once with its field path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything sluice reads from its config file. Every section and field has a default, so an
+/// empty file (or no file) is a valid config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, limits and shutdown.
+    pub server: ServerConfig,
+    /// Where models come from and which versions stay loaded.
+    pub repository: RepositoryConfig,
+    /// How models run: runtime choice, worker threads, queue sizes.
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address every listener binds to.
+    pub host: String,
+    /// KServe v2 / V1 REST port (0 picks a free port).
+    pub http_port: u16,
+    /// KServe v2 gRPC port (0 picks a free port).
+    pub grpc_port: u16,
+    /// Prometheus metrics port (0 picks a free port).
+    pub metrics_port: u16,
+    /// Largest accepted request body, e.g. "8MiB"; larger bodies get 413.
+    #[serde(with = "byte_size")]
+    pub max_body_size: u64,
+    /// Longest a request may take, queueing included, before it is answered with 504.
+    #[serde(with = "human_duration")]
+    pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
+    #[serde(with = "human_duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: default_host(),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+            max_body_size: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// All interfaces, as Triton does; bind to 127.0.0.1 to keep sluice private to the host.
+fn default_host() -> String {
+    "0.0.0.0".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// Folder holding `<model>/<version>/model.onnx`.
+    pub path: PathBuf,
+    /// Versions kept loaded when a model's `model.toml` does not say; latest 2 keeps the
+    /// previous version as the instant rollback target.
+    pub version_policy: VersionPolicy,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            path: PathBuf::from("models"),
+            version_policy: VersionPolicy::Latest(2),
+        }
+    }
+}
+
+/// Which versions of a model are loaded (Triton's version policies).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The N highest version numbers.
+    Latest(usize),
+    /// Every version folder.
+    All,
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
+impl VersionPolicy {
+    /// The versions to load out of those present, highest first.
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut versions = available.to_vec();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        versions.dedup();
+        match self {
+            VersionPolicy::Latest(n) => versions.truncate(*n),
+            VersionPolicy::All => {}
+            VersionPolicy::Specific(wanted) => versions.retain(|v| wanted.contains(v)),
+        }
+        versions
+    }
+
+    fn problems(&self, path: &str) -> Vec<String> {
+        match self {
+            VersionPolicy::Latest(0) => vec![format!("{path}: latest must be at least 1")],
+            VersionPolicy::Specific(v) if v.is_empty() => {
+                vec![format!("{path}: specific needs at least one version")]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    /// ONNX Runtime when its library can be found, tract otherwise.
+    #[default]
+    Auto,
+    /// ONNX Runtime (through `ORT_DYLIB_PATH`, `runtime.ort_library` or `.ort/`).
+    Ort,
+    /// tract, pure Rust: always available.
+    Tract,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Runtime for models whose `model.toml` does not pin one.
+    pub default: RuntimeChoice,
+    /// Path to `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it, `.ort/` is tried last.
+    pub ort_library: Option<PathBuf>,
+    /// Worker threads (each with its own session) per loaded model version.
+    pub instances: usize,
+    /// Requests that may wait for a worker, per loaded version; beyond it requests get 503.
+    pub queue_capacity: usize,
+    /// ONNX Runtime intra-op threads per session; 1 suits many small concurrent requests.
+    pub ort_intra_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            default: RuntimeChoice::Auto,
+            ort_library: None,
+            instances: default_instances(),
+            queue_capacity: 1024,
+            ort_intra_threads: 1,
+        }
+    }
+}
+
+/// One worker per core, up to 4: small models are latency-bound, not compute-bound.
+fn default_instances() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(4))
+        .unwrap_or(1)
+}
+
+/// A config file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and parses a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every problem with this config, each naming its field; empty when it is valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let s = &self.server;
+        let ports = [
+            ("server.http_port", s.http_port),
+            ("server.grpc_port", s.grpc_port),
+            ("server.metrics_port", s.metrics_port),
+        ];
+        for (i, (name_a, a)) in ports.iter().enumerate() {
+            for (name_b, b) in &ports[i + 1..] {
+                if *a != 0 && a == b {
+                    problems.push(format!("{name_a} and {name_b} are both {a}"));
+                }
+            }
+        }
+        if s.host.parse::<std::net::IpAddr>().is_err() {
+            problems.push(format!(
+                "server.host: '{}' is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)",
+                s.host
+            ));
+        }
+        if s.max_body_size == 0 {
+            problems.push("server.max_body_size must be greater than 0".into());
+        }
+        if s.request_timeout.is_zero() {
+            problems.push("server.request_timeout must be greater than 0".into());
+        }
+        problems.extend(
+            self.repository
+                .version_policy
+                .problems("repository.version_policy"),
+        );
+        if !self.repository.path.is_dir() {
+            problems.push(format!(
+                "repository.path: {} is not a directory",
+                self.repository.path.display()
+            ));
+        }
+        let r = &self.runtime;
+        if r.instances == 0 {
+            problems.push("runtime.instances must be at least 1".into());
+        }
+        if r.queue_capacity == 0 {
+            problems.push("runtime.queue_capacity must be at least 1".into());
+        }
+        if r.ort_intra_threads == 0 {
+            problems.push("runtime.ort_intra_threads must be at least 1".into());
+        }
+        if let Some(lib) = &r.ort_library
+            && !lib.is_file()
+        {
+            problems.push(format!(
+                "runtime.ort_library: {} does not exist",
+                lib.display()
+            ));
+        }
+        problems
+    }
+
+    /// `Ok` when valid, else every problem together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Durations in human form ("250ms", "30s", "5m").
+pub mod human_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("'{text}' is not a duration like \"250ms\": {e}"))
+        })
+    }
+}
+
+/// Sizes as "8MiB", "512KiB", "1GiB", "1000" (bytes) or a bare integer.
+pub mod byte_size {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Text(text) => parse(&text).ok_or_else(|| {
+                serde::de::Error::custom(format!("'{text}' is not a size like \"8MiB\""))
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<u64> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        number.checked_mul(factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.server.http_port, 8000);
+        assert_eq!(config.repository.version_policy, VersionPolicy::Latest(2));
+    }
+
+    #[test]
+    fn parses_human_forms() {
+        let config: Config = toml::from_str(
+            r#"
+            [server]
+            max_body_size = "2MiB"
+            request_timeout = "250ms"
+            [repository]
+            version_policy = { specific = [1, 3] }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.server.max_body_size, 2 << 20);
+        assert_eq!(config.server.request_timeout, Duration::from_millis(250));
+        assert_eq!(
+            config.repository.version_policy,
+            VersionPolicy::Specific(vec![1, 3])
+        );
+        let all: RepositoryConfig = toml::from_str(r#"version_policy = "all""#).unwrap();
+        assert_eq!(all.version_policy, VersionPolicy::All);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<Config>("[server]\nhttp_prot = 1\n").unwrap_err();
+        assert!(err.to_string().contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut config = Config::default();
+        config.server.grpc_port = config.server.http_port;
+        config.runtime.instances = 0;
+        config.repository.path = PathBuf::from("/nonexistent/models");
+        config.repository.version_policy = VersionPolicy::Latest(0);
+        let problems = config.problems();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].contains("server.http_port and server.grpc_port"));
+    }
+
+    #[test]
+    fn version_policies_select_like_triton() {
+        let available = [1, 3, 2];
+        assert_eq!(VersionPolicy::Latest(2).select(&available), vec![3, 2]);
+        assert_eq!(VersionPolicy::All.select(&available), vec![3, 2, 1]);
+        assert_eq!(
+            VersionPolicy::Specific(vec![1, 7]).select(&available),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size::parse("8MiB"), Some(8 << 20));
+        assert_eq!(byte_size::parse("1000"), Some(1000));
+        assert_eq!(byte_size::parse("12 KiB"), Some(12 << 10));
+        assert_eq!(byte_size::parse("lots"), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! The request-path error: one kind enum, mapped once to HTTP status codes (and, in the gRPC
+//! codec, to gRPC codes). Handlers never pick status codes themselves.
+
+use http::StatusCode;
+
+/// What went wrong, in the terms a client can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was malformed or does not fit the model.
+    BadRequest,
+    /// Unknown model, version or route.
+    NotFound,
+    /// A known route called with the wrong HTTP method.
+    MethodNotAllowed,
+    /// The body is larger than `server.max_body_size`.
+    PayloadTooLarge,
+    /// A queue is full: try again shortly (answered with Retry-After).
+    Overloaded,
+    /// The model or server is not ready (loading, draining).
+    Unavailable,
+    /// The request did not finish within `server.request_timeout`.
+    Timeout,
+    /// The model itself failed while running a valid request.
+    ModelFailure,
+    /// A mutating call without credentials.
+    Unauthorized,
+    /// A mutating call with wrong credentials.
+    Forbidden,
+    /// The call conflicts with work in progress (e.g. a load of the same model).
+    Conflict,
+    /// A bug or an unexpected failure inside sluice.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Stable snake_case name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ModelFailure => "model_failure",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Whether the client should retry after a pause (sent as `Retry-After`).
+    pub fn retry_after_secs(self) -> Option<u32> {
+        match self {
+            ErrorKind::Overloaded | ErrorKind::Unavailable => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl From<ErrorKind> for StatusCode {
+    fn from(kind: ErrorKind) -> StatusCode {
+        match kind {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ModelFailure | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+        }
+    }
+}
+
+/// A request-path failure: a kind and a message fit to show the client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ServeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ServeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ServeError {
+        ServeError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ServeError {
+        ServeError::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ServeError {
+        ServeError::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unknown_model(model: &str) -> ServeError {
+        ServeError::not_found(format!("unknown model '{model}'"))
+    }
+}
+
+pub type ServeResult<T> = Result<T, ServeError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_asks_for_retry() {
+        assert_eq!(
+            StatusCode::from(ErrorKind::Overloaded),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(ErrorKind::Overloaded.retry_after_secs(), Some(1));
+        assert_eq!(ErrorKind::BadRequest.retry_after_secs(), None);
+    }
+}

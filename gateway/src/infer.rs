@@ -1,0 +1,233 @@
+//! The one inference path every protocol goes through: resolve the version, check the inputs
+//! against its signature, run it on the model's workers, select the outputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{ServeError, ServeResult};
+use crate::repository::LoadedVersion;
+use crate::routing::Router;
+use crate::tensor::{ModelSignature, Tensor};
+
+/// A decoded inference request, whatever protocol it came in on.
+#[derive(Debug, Default)]
+pub struct InferRequest {
+    pub model: String,
+    /// Explicit version from the URL or request; bypasses the traffic policy.
+    pub version: Option<String>,
+    /// Client's request id, echoed back.
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs the client asked for; `None` means all of them.
+    pub outputs: Option<Vec<String>>,
+}
+
+/// The answer, ready for a protocol to encode.
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model: String,
+    pub version: u64,
+    pub id: Option<String>,
+    pub outputs: Vec<Tensor>,
+}
+
+/// The core inference service.
+pub struct Inference {
+    router: Arc<Router>,
+    request_timeout: Duration,
+}
+
+impl Inference {
+    pub fn new(router: Arc<Router>, request_timeout: Duration) -> Inference {
+        Inference {
+            router,
+            request_timeout,
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Resolves the version a request would be served by, so that decoders that need the
+    /// signature (V1 has no datatypes) can use the same version the request then runs on.
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> ServeResult<Arc<LoadedVersion>> {
+        self.router.resolve(model, version)
+    }
+
+    pub async fn infer(&self, request: InferRequest) -> ServeResult<InferResponse> {
+        let target = self.resolve(&request.model, request.version.as_deref())?;
+        self.infer_on(target, request).await
+    }
+
+    /// Runs the request on an already resolved version.
+    pub async fn infer_on(
+        &self,
+        target: Arc<LoadedVersion>,
+        request: InferRequest,
+    ) -> ServeResult<InferResponse> {
+        let deadline = Instant::now() + self.request_timeout;
+        let selection = select_outputs(&target.signature, request.outputs.as_deref())?;
+        let inputs = order_inputs(&target.signature, request.inputs)?;
+        let run = target.runner.run(inputs, deadline).await?;
+        let mut outputs = run.outputs;
+        if let Some(keep) = selection {
+            outputs = keep
+                .into_iter()
+                .filter_map(|i| outputs.get(i).cloned())
+                .collect();
+        }
+        Ok(InferResponse {
+            model: target.model.clone(),
+            version: target.version,
+            id: request.id,
+            outputs,
+        })
+    }
+}
+
+/// Checks every input against the signature (presence, datatype, shape, one batch size) and
+/// puts them in the signature's order. Every message names the input and what was expected.
+pub fn order_inputs(signature: &ModelSignature, inputs: Vec<Tensor>) -> ServeResult<Vec<Tensor>> {
+    let expected: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
+    let mut by_name: HashMap<String, Tensor> = HashMap::with_capacity(inputs.len());
+    for tensor in inputs {
+        if !expected.contains(&tensor.name.as_str()) {
+            return Err(ServeError::bad_request(format!(
+                "unexpected input '{}'; the model takes {}",
+                tensor.name,
+                quoted_list(&expected)
+            )));
+        }
+        if by_name.contains_key(&tensor.name) {
+            return Err(ServeError::bad_request(format!(
+                "input '{}' is given twice",
+                tensor.name
+            )));
+        }
+        by_name.insert(tensor.name.clone(), tensor);
+    }
+    let mut ordered = Vec::with_capacity(signature.inputs.len());
+    let mut batch: Option<(usize, &str)> = None;
+    for spec in &signature.inputs {
+        let tensor = by_name.remove(&spec.name).ok_or_else(|| {
+            ServeError::bad_request(format!(
+                "missing input '{}'; the model takes {}",
+                spec.name,
+                quoted_list(&expected)
+            ))
+        })?;
+        if tensor.datatype() != spec.datatype {
+            return Err(ServeError::bad_request(format!(
+                "input '{}': expected datatype {}, got {}",
+                spec.name,
+                spec.datatype,
+                tensor.datatype()
+            )));
+        }
+        spec.check_shape(&tensor.shape)
+            .map_err(ServeError::bad_request)?;
+        // Inputs whose first axis is dynamic share the batch axis: they must agree on it.
+        if spec.shape.first() == Some(&-1) {
+            let rows = tensor.shape[0];
+            match batch {
+                Some((want, first)) if want != rows => {
+                    return Err(ServeError::bad_request(format!(
+                        "input '{}' has {rows} rows but input '{first}' has {want}",
+                        spec.name
+                    )));
+                }
+                None => batch = Some((rows, spec.name.as_str())),
+                _ => {}
+            }
+        }
+        ordered.push(tensor);
+    }
+    Ok(ordered)
+}
+
+/// Indices of the requested outputs in signature order, or `None` for all.
+fn select_outputs(
+    signature: &ModelSignature,
+    requested: Option<&[String]>,
+) -> ServeResult<Option<Vec<usize>>> {
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let names: Vec<&str> = signature.outputs.iter().map(|s| s.name.as_str()).collect();
+    requested
+        .iter()
+        .map(|name| {
+            names.iter().position(|n| n == name).ok_or_else(|| {
+                ServeError::bad_request(format!(
+                    "unknown output '{name}'; the model produces {}",
+                    quoted_list(&names)
+                ))
+            })
+        })
+        .collect::<ServeResult<Vec<_>>>()
+        .map(Some)
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{DataType, TensorData, TensorSpec};
+
+    fn signature() -> ModelSignature {
+        let spec = |name: &str, datatype, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        };
+        ModelSignature {
+            inputs: vec![
+                spec("a", DataType::F32, vec![-1, 2]),
+                spec("b", DataType::I64, vec![-1]),
+            ],
+            outputs: vec![spec("y", DataType::F32, vec![-1])],
+        }
+    }
+
+    fn a(rows: usize) -> Tensor {
+        Tensor::new("a", vec![rows, 2], TensorData::F32(vec![0.0; rows * 2])).unwrap()
+    }
+
+    fn b(rows: usize) -> Tensor {
+        Tensor::new("b", vec![rows], TensorData::I64(vec![0; rows])).unwrap()
+    }
+
+    #[test]
+    fn reorders_and_validates() {
+        let ordered = order_inputs(&signature(), vec![b(3), a(3)]).unwrap();
+        assert_eq!(ordered[0].name, "a");
+        let err = |inputs| order_inputs(&signature(), inputs).unwrap_err().message;
+        assert_eq!(
+            err(vec![a(1)]),
+            "missing input 'b'; the model takes 'a', 'b'"
+        );
+        assert!(err(vec![a(1), b(1), a(1)]).contains("given twice"));
+        assert!(err(vec![a(2), b(3)]).contains("has 3 rows but input 'a' has 2"));
+        let wrong_type = Tensor::new("b", vec![1], TensorData::F32(vec![0.0])).unwrap();
+        assert_eq!(
+            err(vec![a(1), wrong_type]),
+            "input 'b': expected datatype INT64, got FP32"
+        );
+    }
+
+    #[test]
+    fn output_selection() {
+        assert_eq!(select_outputs(&signature(), None).unwrap(), None);
+        assert_eq!(
+            select_outputs(&signature(), Some(&["y".to_string()])).unwrap(),
+            Some(vec![0])
+        );
+        assert!(select_outputs(&signature(), Some(&["z".to_string()])).is_err());
+    }
+}

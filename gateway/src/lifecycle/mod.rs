@@ -1,0 +1,212 @@
+//! Model lifecycle: (re)loading a model's versions from the repository and publishing them in
+//! one snapshot store, unloading, and the start-up load of the whole repository.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{ErrorKind, ServeError};
+use crate::repository::{self, Loader};
+use crate::routing::{ModelRoutes, Router};
+
+/// Loads and unloads models; one load per model at a time.
+pub struct ModelManager {
+    loader: Arc<Loader>,
+    router: Arc<Router>,
+    /// Models with a load or unload in progress.
+    busy: Mutex<BTreeSet<String>>,
+    /// The last load failure per model, cleared by a successful load.
+    failures: Mutex<BTreeMap<String, String>>,
+}
+
+/// What a successful load did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoadReport {
+    pub model: String,
+    /// Versions serving after the load, highest first.
+    pub versions: Vec<u64>,
+    /// Versions that were newly loaded.
+    pub loaded: Vec<u64>,
+    /// Versions that were dropped by the version policy.
+    pub unloaded: Vec<u64>,
+}
+
+/// Releases the per-model busy mark however the operation ends.
+struct BusyGuard<'a> {
+    busy: &'a Mutex<BTreeSet<String>>,
+    model: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy.remove(&self.model);
+        }
+    }
+}
+
+impl ModelManager {
+    pub fn new(loader: Arc<Loader>, router: Arc<Router>) -> ModelManager {
+        ModelManager {
+            loader,
+            router,
+            busy: Mutex::new(BTreeSet::new()),
+            failures: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn loader(&self) -> &Arc<Loader> {
+        &self.loader
+    }
+
+    /// The last load failure of each model that has one.
+    pub fn failures(&self) -> BTreeMap<String, String> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    fn claim(&self, model: &str) -> Result<BusyGuard<'_>, ServeError> {
+        let mut busy = self
+            .busy
+            .lock()
+            .map_err(|_| ServeError::new(ErrorKind::Internal, "lifecycle lock poisoned"))?;
+        if !busy.insert(model.to_string()) {
+            return Err(ServeError::new(
+                ErrorKind::Conflict,
+                format!("model '{model}' is already being loaded or unloaded"),
+            ));
+        }
+        Ok(BusyGuard {
+            busy: &self.busy,
+            model: model.to_string(),
+        })
+    }
+
+    fn record_failure(&self, model: &str, error: Option<&str>) {
+        if let Ok(mut failures) = self.failures.lock() {
+            match error {
+                Some(e) => failures.insert(model.to_string(), e.to_string()),
+                None => failures.remove(model),
+            };
+        }
+    }
+
+    /// Re-reads the model's folder, applies its version policy, loads versions that are new
+    /// (or whose file changed), and publishes the result in one store. On any failure nothing
+    /// changes and the error says why.
+    pub async fn load(&self, model: &str) -> Result<LoadReport, ServeError> {
+        let _guard = self.claim(model)?;
+        let result = self.load_claimed(model).await;
+        self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
+        match &result {
+            Ok(report) => tracing::info!(
+                model,
+                versions = ?report.versions,
+                loaded = ?report.loaded,
+                unloaded = ?report.unloaded,
+                "model published"
+            ),
+            Err(error) => tracing::warn!(model, %error, "model load failed; nothing changed"),
+        }
+        result
+    }
+
+    async fn load_claimed(&self, model: &str) -> Result<LoadReport, ServeError> {
+        let dir = repository::read_model(&self.loader.repository, model).map_err(|e| match e {
+            repository::RepositoryError::UnknownModel(_) => ServeError::not_found(e.to_string()),
+            other => ServeError::bad_request(other.to_string()),
+        })?;
+        let wanted = self.loader.versions_to_load(&dir);
+        if wanted.is_empty() {
+            return Err(ServeError::bad_request(format!(
+                "model '{model}': no version folder with a model.onnx matches its version policy"
+            )));
+        }
+        let current = self.router.snapshot().models.get(model).cloned();
+        let mut versions = BTreeMap::new();
+        let mut loaded = Vec::new();
+        for &version in &wanted {
+            let reusable = current
+                .as_ref()
+                .and_then(|routes| routes.versions.get(&version))
+                .filter(|v| v.is_current_on_disk());
+            let ready = match reusable {
+                Some(existing) => Arc::clone(existing),
+                None => {
+                    let fresh = self.loader.load(&dir, version).await.map_err(|e| {
+                        ServeError::bad_request(format!(
+                            "model '{model}' version {version} failed to load: {e}"
+                        ))
+                    })?;
+                    loaded.push(version);
+                    fresh
+                }
+            };
+            versions.insert(version, ready);
+        }
+        let unloaded: Vec<u64> = current
+            .as_ref()
+            .map(|routes| {
+                routes
+                    .versions
+                    .keys()
+                    .filter(|v| !versions.contains_key(v))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = model.to_string();
+        self.router.update(|snapshot| {
+            let mut next = snapshot.clone();
+            let primary = snapshot
+                .models
+                .get(&name)
+                .and_then(|r| r.primary)
+                .filter(|p| versions.contains_key(p));
+            next.models.insert(
+                name.clone(),
+                ModelRoutes {
+                    versions: versions.clone(),
+                    primary,
+                },
+            );
+            next
+        });
+        Ok(LoadReport {
+            model: model.to_string(),
+            versions: wanted,
+            loaded,
+            unloaded,
+        })
+    }
+
+    /// Removes the model from routing. In-flight requests finish on the versions they hold.
+    pub async fn unload(&self, model: &str) -> Result<(), ServeError> {
+        let _guard = self.claim(model)?;
+        if !self.router.snapshot().models.contains_key(model) {
+            return Err(ServeError::unknown_model(model));
+        }
+        self.router.update(|snapshot| {
+            let mut next = snapshot.clone();
+            next.models.remove(model);
+            next
+        });
+        tracing::info!(model, "model unloaded");
+        Ok(())
+    }
+
+    /// Loads every model in the repository. A model that fails is logged and left out; the
+    /// rest serve.
+    pub async fn load_all(&self) -> Result<(), repository::RepositoryError> {
+        let (models, problems) = repository::scan(&self.loader.repository)?;
+        for problem in problems {
+            tracing::error!(error = %problem, "model skipped");
+        }
+        for model in models {
+            let _ = self.load(&model.name).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The `sluice` command line: serve, check a config, list a repository.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sluice::Config;
+use sluice::repository;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Model-serving gateway for ONNX models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model repository over HTTP (KServe v2, V1 REST).
+    Serve(ConfigArgs),
+    /// Validate a config and print every problem at once.
+    CheckConfig(ConfigArgs),
+    /// List the models and versions a repository holds and which would be loaded.
+    Models(ConfigArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Where the config comes from; flags override the file.
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config file (TOML). Default: config/sluice.toml when it exists, else built-in defaults.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model repository folder (overrides repository.path).
+    #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// HTTP port (overrides server.http_port).
+    #[arg(long, env = "SLUICE_HTTP_PORT")]
+    http_port: Option<u16>,
+    /// gRPC port (overrides server.grpc_port).
+    #[arg(long, env = "SLUICE_GRPC_PORT")]
+    grpc_port: Option<u16>,
+    /// Metrics port (overrides server.metrics_port).
+    #[arg(long, env = "SLUICE_METRICS_PORT")]
+    metrics_port: Option<u16>,
+}
+
+const DEFAULT_CONFIG: &str = "config/sluice.toml";
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).is_file() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG))?
+            }
+            None => Config::default(),
+        };
+        if let Some(path) = &self.model_repository {
+            config.repository.path = path.clone();
+        }
+        if let Some(port) = self.http_port {
+            config.server.http_port = port;
+        }
+        if let Some(port) = self.grpc_port {
+            config.server.grpc_port = port;
+        }
+        if let Some(port) = self.metrics_port {
+            config.server.metrics_port = port;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Models(args) => list_models(&args),
+        Command::Version => {
+            println!("sluice {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = sluice::Server::start(config).await?;
+        sluice::server::termination_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        server.shutdown();
+        server.wait().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let mut problems = config.problems();
+    if config.repository.path.is_dir() {
+        match repository::scan(&config.repository.path) {
+            Ok((_, bad)) => problems.extend(bad.iter().map(ToString::to_string)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        println!("config is valid");
+        Ok(())
+    } else {
+        for problem in &problems {
+            println!("- {problem}");
+        }
+        anyhow::bail!("{} problem(s) found", problems.len())
+    }
+}
+
+fn list_models(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let (models, problems) = repository::scan(&config.repository.path)?;
+    let default_runtime = config.runtime.default;
+    println!(
+        "{:<20} {:<16} {:<16} runtime",
+        "model", "on disk", "would load"
+    );
+    for model in &models {
+        let policy = model
+            .config
+            .version_policy
+            .as_ref()
+            .unwrap_or(&config.repository.version_policy);
+        let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        println!(
+            "{:<20} {:<16} {:<16} {:?}",
+            model.name,
+            join(&model.versions),
+            join(&policy.select(&model.versions)),
+            model.config.runtime.unwrap_or(default_runtime)
+        );
+    }
+    for problem in &problems {
+        println!("! {problem}");
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Protocol codecs: each turns its wire form into the core [`crate::infer::InferRequest`] and
+//! encodes [`crate::infer::InferResponse`] back. No validation or routing lives here.
+
+pub mod json_data;
+pub mod v1;
+pub mod v2;

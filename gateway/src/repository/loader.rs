@@ -1,0 +1,177 @@
+//! Turning a version folder into a served [`LoadedVersion`], off the request path:
+//! build the runtime instances, check them against `model.toml`, warm every instance up with a
+//! real inference, then start its worker threads. Any failure leaves nothing behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::ModelDir;
+use crate::config::{Config, RuntimeConfig, VersionPolicy};
+use crate::runtime::{
+    Backend, LoadError, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
+};
+use crate::tensor::{ModelSignature, Tensor, TensorData};
+
+/// A model version that is ready to serve. Requests hold an `Arc` to it, so a version that is
+/// swapped out lives until its last in-flight request ends, then its workers stop.
+pub struct LoadedVersion {
+    pub model: String,
+    pub version: u64,
+    pub signature: ModelSignature,
+    pub runtime: RuntimeKind,
+    pub runner: Runner,
+    pub path: PathBuf,
+    pub loaded_at: SystemTime,
+    /// Size and modification time of the model file when it was loaded.
+    fingerprint: Option<(u64, SystemTime)>,
+}
+
+impl LoadedVersion {
+    /// Whether the file on disk is still the one that was loaded; a reload replaces versions
+    /// whose file was rewritten in place.
+    pub fn is_current_on_disk(&self) -> bool {
+        fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
+    }
+}
+
+fn fingerprint(path: &std::path::Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+impl std::fmt::Debug for LoadedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedVersion")
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads versions with the process's runtimes and the server's defaults.
+pub struct Loader {
+    runtimes: Runtimes,
+    runtime: RuntimeConfig,
+    default_policy: VersionPolicy,
+    pub repository: PathBuf,
+}
+
+impl Loader {
+    pub fn new(config: &Config) -> Loader {
+        Loader {
+            runtimes: Runtimes::new(&config.runtime),
+            runtime: config.runtime.clone(),
+            default_policy: config.repository.version_policy.clone(),
+            repository: config.repository.path.clone(),
+        }
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    /// The versions of `model` its version policy keeps loaded, highest first.
+    pub fn versions_to_load(&self, model: &ModelDir) -> Vec<u64> {
+        model
+            .config
+            .version_policy
+            .as_ref()
+            .unwrap_or(&self.default_policy)
+            .select(&model.versions)
+    }
+
+    /// Loads one version. CPU-heavy work runs on the blocking pool, never on the reactor.
+    pub async fn load(
+        self: &Arc<Self>,
+        model: &ModelDir,
+        version: u64,
+    ) -> Result<Arc<LoadedVersion>, LoadError> {
+        let loader = Arc::clone(self);
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || loader.load_blocking(&model, version))
+            .await
+            .map_err(|e| LoadError(format!("load task failed: {e}")))?
+    }
+
+    fn load_blocking(
+        &self,
+        model: &ModelDir,
+        version: u64,
+    ) -> Result<Arc<LoadedVersion>, LoadError> {
+        let started = Instant::now();
+        let path = model_file(&model.version_dir(version));
+        if !path.is_file() {
+            return Err(LoadError(format!("{} does not exist", path.display())));
+        }
+        let instances = model.config.instances.unwrap_or(self.runtime.instances);
+        let choice = model.config.runtime.unwrap_or(self.runtime.default);
+        let fingerprint = fingerprint(&path);
+        let mut built = self.runtimes.build(&path, choice, instances)?;
+        model
+            .config
+            .check_inputs(&built.signature.inputs)
+            .map_err(LoadError)?;
+        for backend in &mut built.instances {
+            warm_up(backend.as_mut(), &built.signature)?;
+        }
+        let runner = Runner::start(
+            built.instances,
+            RunnerOptions {
+                queue_capacity: self.runtime.queue_capacity,
+                name: format!("{}-v{version}", model.name),
+            },
+        )
+        .map_err(|e| LoadError(format!("cannot start worker threads: {e}")))?;
+        tracing::info!(
+            model = %model.name,
+            version,
+            runtime = built.kind.as_str(),
+            reason = %built.reason,
+            instances,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model version loaded"
+        );
+        Ok(Arc::new(LoadedVersion {
+            model: model.name.clone(),
+            version,
+            signature: built.signature,
+            runtime: built.kind,
+            runner,
+            path,
+            loaded_at: SystemTime::now(),
+            fingerprint,
+        }))
+    }
+}
+
+/// One real inference on zeros shaped like the inputs (dynamic dimensions as 1): it fails
+/// a model that cannot run before it can answer a client, and pays first-run costs up front.
+fn warm_up(backend: &mut dyn Backend, signature: &ModelSignature) -> Result<(), LoadError> {
+    let inputs = signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape = spec.warmup_shape();
+            let count = shape.iter().product();
+            Tensor::new(
+                spec.name.clone(),
+                shape,
+                TensorData::zeros(spec.datatype, count),
+            )
+            .map_err(|e| LoadError(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.run(inputs)))
+        .map_err(|_| LoadError("warm-up inference panicked".into()))?
+        .map_err(|e| LoadError(format!("warm-up inference failed: {e}")))?;
+    if outputs.len() != signature.outputs.len() {
+        return Err(LoadError(format!(
+            "warm-up inference returned {} outputs, the model declares {}",
+            outputs.len(),
+            signature.outputs.len()
+        )));
+    }
+    Ok(())
+}

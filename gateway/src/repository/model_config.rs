@@ -1,0 +1,136 @@
+//! `model.toml`: optional per-model settings next to the version folders.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::{RuntimeChoice, VersionPolicy};
+use crate::tensor::{DataType, TensorSpec, format_dims};
+
+/// Everything a model folder may override; unset fields fall back to the server config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Runtime for this model ("auto", "ort", "tract").
+    pub runtime: Option<RuntimeChoice>,
+    /// Which versions stay loaded; defaults to `repository.version_policy`.
+    pub version_policy: Option<VersionPolicy>,
+    /// Worker threads per loaded version; defaults to `runtime.instances`.
+    pub instances: Option<usize>,
+    /// Inputs the model must declare. A version whose file disagrees is refused at load time,
+    /// so a wrongly exported model never replaces a good one.
+    #[serde(default)]
+    pub inputs: Vec<DeclaredInput>,
+}
+
+/// An input the operator expects the model to take.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredInput {
+    pub name: String,
+    /// v2 datatype name, e.g. "FP32".
+    pub datatype: String,
+    /// Shape with -1 for dynamic dimensions, e.g. [-1, 12].
+    pub shape: Vec<i64>,
+}
+
+impl ModelConfig {
+    /// Reads `<model dir>/model.toml`; a missing file is the default config.
+    pub fn read(model_dir: &Path) -> Result<ModelConfig, String> {
+        let path = model_dir.join("model.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(e) => return Err(format!("cannot read model.toml: {e}")),
+        };
+        let config: ModelConfig =
+            toml::from_str(&text).map_err(|e| format!("invalid model.toml: {e}"))?;
+        let mut problems = Vec::new();
+        if config.instances == Some(0) {
+            problems.push("instances must be at least 1".to_string());
+        }
+        for input in &config.inputs {
+            if DataType::parse(&input.datatype).is_none() {
+                problems.push(format!(
+                    "inputs.{}: unknown datatype '{}'",
+                    input.name, input.datatype
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(format!("invalid model.toml: {}", problems.join("; ")))
+        }
+    }
+
+    /// Checks the model's real inputs against the declared ones; every mismatch is named.
+    pub fn check_inputs(&self, actual: &[TensorSpec]) -> Result<(), String> {
+        if self.inputs.is_empty() {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        for declared in &self.inputs {
+            match actual.iter().find(|a| a.name == declared.name) {
+                None => problems.push(format!("declared input '{}' is missing", declared.name)),
+                Some(a) => {
+                    if a.datatype.as_str() != declared.datatype {
+                        problems.push(format!(
+                            "input '{}' is {}, declared {}",
+                            a.name, a.datatype, declared.datatype
+                        ));
+                    }
+                    if a.shape != declared.shape {
+                        problems.push(format!(
+                            "input '{}' has shape {}, declared {}",
+                            a.name,
+                            format_dims(&a.shape),
+                            format_dims(&declared.shape)
+                        ));
+                    }
+                }
+            }
+        }
+        for a in actual {
+            if !self.inputs.iter().any(|d| d.name == a.name) {
+                problems.push(format!("input '{}' is not declared", a.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "model inputs do not match model.toml: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_inputs_are_enforced() {
+        let config: ModelConfig =
+            toml::from_str(r#"inputs = [{ name = "input", datatype = "FP32", shape = [-1, 12] }]"#)
+                .unwrap();
+        let spec = |shape: Vec<i64>| TensorSpec {
+            name: "input".into(),
+            datatype: DataType::F32,
+            shape,
+        };
+        assert!(config.check_inputs(&[spec(vec![-1, 12])]).is_ok());
+        let err = config.check_inputs(&[spec(vec![-1, 11])]).unwrap_err();
+        assert!(err.contains("has shape [-1,11], declared [-1,12]"), "{err}");
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let config: ModelConfig =
+            toml::from_str("runtime = \"tract\"\nversion_policy = { latest = 1 }\n").unwrap();
+        assert_eq!(config.runtime, Some(RuntimeChoice::Tract));
+        assert_eq!(config.version_policy, Some(VersionPolicy::Latest(1)));
+    }
+}

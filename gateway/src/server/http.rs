@@ -1,0 +1,294 @@
+//! The HTTP listener's routes: KServe v2 (JSON), V1 predict, health and metadata. Handlers only
+//! decode, call the one inference path, and encode; errors become responses in one place.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::{ErrorKind, ServeError, ServeResult};
+use crate::infer::Inference;
+use crate::lifecycle::ModelManager;
+use crate::protocol::{v1, v2};
+
+/// Response header naming the version that answered.
+pub const MODEL_VERSION_HEADER: &str = "sluice-model-version";
+
+/// What every handler shares.
+pub struct HttpState {
+    pub inference: Arc<Inference>,
+    pub models: Arc<ModelManager>,
+    pub ready: Arc<AtomicBool>,
+    pub max_body_size: usize,
+}
+
+type AppState = State<Arc<HttpState>>;
+
+pub fn routes(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(version_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_version),
+        )
+        // TF-Serving puts the verb after a colon in the last segment (`churn:predict`), which
+        // a path pattern cannot split; the handler parses the tail itself.
+        .route("/v1/models/{*target}", post(v1_predict))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from(self.kind);
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
+        let mut response = json_response(status, body);
+        if let Some(secs) = self.kind.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json_ok(value: &impl serde::Serialize) -> Response {
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+/// Reads the whole body, refusing with 413 anything over the configured limit, before or
+/// while it streams in.
+async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> ServeResult<Bytes> {
+    let limit = state.max_body_size;
+    let too_large = || {
+        ServeError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ServeError::bad_request(format!(
+            "could not read request body: {e}"
+        ))),
+    }
+}
+
+async fn live() -> Response {
+    json_ok(&serde_json::json!({ "live": true }))
+}
+
+async fn ready(State(state): AppState) -> Response {
+    let ready = state.ready.load(Ordering::Acquire);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        serde_json::to_vec(&serde_json::json!({ "ready": ready })).unwrap_or_default(),
+    )
+}
+
+async fn server_metadata() -> Response {
+    json_ok(&v2::SERVER_METADATA)
+}
+
+fn metadata(state: &HttpState, model: &str, version: Option<&str>) -> ServeResult<Response> {
+    let snapshot = state.models.router().snapshot();
+    let target = snapshot.resolve(model, version)?;
+    let versions = match version {
+        Some(_) => vec![target.version.to_string()],
+        None => snapshot
+            .models
+            .get(model)
+            .map(|routes| routes.versions.keys().map(u64::to_string).collect())
+            .unwrap_or_default(),
+    };
+    Ok(json_ok(&v2::ModelMetadata::new(&target, versions)))
+}
+
+async fn model_metadata(State(state): AppState, Path(model): Path<String>) -> Response {
+    metadata(&state, &model, None).unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_metadata(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    metadata(&state, &model, Some(&version)).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn readiness(state: &HttpState, model: &str, version: Option<&str>) -> Response {
+    match state.inference.resolve(model, version) {
+        Ok(_) => json_ok(&serde_json::json!({ "name": model, "ready": true })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready(State(state): AppState, Path(model): Path<String>) -> Response {
+    readiness(&state, &model, None)
+}
+
+async fn version_ready(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&state, &model, Some(&version))
+}
+
+async fn infer(
+    State(state): AppState,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_v2(&state, model, None, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn infer_version(
+    State(state): AppState,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_v2(&state, model, Some(version), &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn run_v2(
+    state: &HttpState,
+    model: String,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ServeResult<Response> {
+    let body = read_body(state, headers, body).await?;
+    let request = v2::parse_request(&body)?.into_infer_request(model, version)?;
+    let response = state.inference.infer(request).await?;
+    let mut http = json_response(StatusCode::OK, v2::encode_response(&response));
+    http.headers_mut()
+        .insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
+    Ok(http)
+}
+
+/// `{m}:predict` or `{m}/versions/{v}:predict`.
+fn parse_v1_target(target: &str) -> ServeResult<(String, Option<String>)> {
+    let unknown = || ServeError::not_found(format!("no V1 route for /v1/models/{target}"));
+    let path = target.strip_suffix(":predict").ok_or_else(unknown)?;
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        [model] => Ok((model.to_string(), None)),
+        [model, "versions", version] => Ok((model.to_string(), Some(version.to_string()))),
+        _ => Err(unknown()),
+    }
+}
+
+async fn v1_predict(
+    State(state): AppState,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let run = async {
+        let (model, version) = parse_v1_target(&target)?;
+        let body = read_body(&state, &headers, body).await?;
+        // V1 has no datatypes: decode against the signature of the very version that runs it.
+        let target = state.inference.resolve(&model, version.as_deref())?;
+        let (inputs, format) = v1::decode(&body, &target.signature)?;
+        let request = crate::infer::InferRequest {
+            model,
+            version,
+            inputs,
+            ..Default::default()
+        };
+        let response = state.inference.infer_on(target, request).await?;
+        let mut http = json_response(StatusCode::OK, v1::encode(format, &response.outputs));
+        http.headers_mut()
+            .insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
+        Ok::<_, ServeError>(http)
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    ServeError::not_found(format!("no route for {method} {}", uri.path())).into_response()
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    ServeError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_targets() {
+        assert_eq!(
+            parse_v1_target("churn:predict").unwrap(),
+            ("churn".into(), None)
+        );
+        assert_eq!(
+            parse_v1_target("churn/versions/2:predict").unwrap(),
+            ("churn".into(), Some("2".into()))
+        );
+        assert!(parse_v1_target("churn:classify").is_err());
+        assert!(parse_v1_target("a/b:predict").is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! Listeners and their lifecycle: bind, serve, and drain on shutdown.
+
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::infer::Inference;
+use crate::lifecycle::ModelManager;
+use crate::repository::Loader;
+use crate::routing::{Router, Snapshot};
+
+/// A running sluice: its bound addresses and the means to stop it.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub models: Arc<ModelManager>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Loads the repository, binds every listener and starts serving. Returns once the server
+    /// is ready; ports given as 0 are resolved in the returned addresses.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let host: std::net::IpAddr = config
+            .server
+            .host
+            .parse()
+            .with_context(|| format!("server.host '{}'", config.server.host))?;
+        let http_listener = TcpListener::bind((host, config.server.http_port))
+            .await
+            .with_context(|| format!("cannot bind HTTP port {}", config.server.http_port))?;
+        let http_addr = http_listener.local_addr()?;
+
+        let loader = Arc::new(Loader::new(&config));
+        match loader.runtimes().ort_status() {
+            Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime available"),
+            Err(reason) => {
+                tracing::info!(%reason, "ONNX Runtime unavailable; tract serves every model")
+            }
+        }
+        let router = Arc::new(Router::new(Snapshot::default()));
+        let models = Arc::new(ModelManager::new(loader, Arc::clone(&router)));
+        let ready = Arc::new(AtomicBool::new(false));
+        let inference = Arc::new(Inference::new(router, config.server.request_timeout));
+        let (shutdown, _) = watch::channel(false);
+
+        let app = http::routes(Arc::new(http::HttpState {
+            inference,
+            models: Arc::clone(&models),
+            ready: Arc::clone(&ready),
+            max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+        }));
+        let tasks = vec![tokio::spawn(serve_until_drained(
+            http_listener,
+            app,
+            shutdown.subscribe(),
+            config.server.drain_timeout,
+        ))];
+
+        models.load_all().await?;
+        ready.store(true, Ordering::Release);
+        tracing::info!(http = %http_addr, "sluice is ready");
+        Ok(Server {
+            http_addr,
+            models,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting connections; in-flight requests finish (bounded by the drain timeout).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every listener has drained.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Serves until shutdown is signalled, then lets open requests finish for at most `drain`.
+async fn serve_until_drained(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut stop = shutdown.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    });
+    let deadline = async {
+        let _ = shutdown.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = serve.into_future() => {
+            if let Err(error) = result {
+                tracing::error!(%error, "listener failed");
+            }
+        }
+        () = deadline => tracing::warn!(?drain, "drain timeout reached; closing open connections"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,160 @@
+//! Shared helpers for the end-to-end tests: start a real server on port 0, talk to it over
+//! real sockets, compare outputs with reference files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sluice::config::{Config, RuntimeChoice};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn examples_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+pub fn bench_repo() -> PathBuf {
+    fixtures().join("bench/repo")
+}
+
+/// Whether ONNX Runtime can be used. CI sets `SLUICE_REQUIRE_ORT=1` so that a missing library
+/// fails the run instead of silently testing tract only.
+pub fn ort_available() -> bool {
+    let found = sluice::runtime::find_ort_library(None).is_some();
+    if !found && std::env::var("SLUICE_REQUIRE_ORT").is_ok_and(|v| v == "1") {
+        panic!("SLUICE_REQUIRE_ORT=1 but no ONNX Runtime library was found (scripts/fetch-ort.sh)");
+    }
+    found
+}
+
+/// The runtimes to test: tract always, ORT when present.
+pub fn runtimes() -> Vec<RuntimeChoice> {
+    let mut runtimes = vec![RuntimeChoice::Tract];
+    if ort_available() {
+        runtimes.push(RuntimeChoice::Ort);
+    }
+    runtimes
+}
+
+/// A config for tests: every port 0 on loopback, the given repository and runtime.
+pub fn test_config(repo: &Path, runtime: RuntimeChoice) -> Config {
+    let mut config = Config::default();
+    config.server.host = "127.0.0.1".into();
+    config.server.http_port = 0;
+    config.server.grpc_port = 0;
+    config.server.metrics_port = 0;
+    config.repository.path = repo.to_path_buf();
+    config.runtime.default = runtime;
+    config.runtime.instances = 2;
+    config
+}
+
+/// A running server and a client for it; the server stops when this is dropped.
+pub struct TestServer {
+    pub server: Option<sluice::Server>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let server = sluice::Server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.http_addr);
+        TestServer {
+            server: Some(server),
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post(path, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.wait().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Asserts that `actual` v2 outputs match `expected` (same names, datatypes, shapes; numbers
+/// within `tolerance`, everything else equal).
+pub fn assert_outputs_match(actual: &Value, expected: &Value, tolerance: f64, context: &str) {
+    let expected = expected["outputs"].as_array().expect("expected outputs");
+    let actual = actual["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{context}: no outputs in {actual}"));
+    assert_eq!(actual.len(), expected.len(), "{context}: output count");
+    for want in expected {
+        let name = &want["name"];
+        let got = actual
+            .iter()
+            .find(|o| &o["name"] == name)
+            .unwrap_or_else(|| panic!("{context}: output {name} missing"));
+        assert_eq!(
+            got["datatype"], want["datatype"],
+            "{context}: {name} datatype"
+        );
+        assert_eq!(got["shape"], want["shape"], "{context}: {name} shape");
+        let (got, want) = (
+            got["data"].as_array().unwrap(),
+            want["data"].as_array().unwrap(),
+        );
+        assert_eq!(got.len(), want.len(), "{context}: {name} length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            match (g.as_f64(), w.as_f64()) {
+                (Some(g), Some(w)) => {
+                    let ok = (g - w).abs() <= tolerance * w.abs().max(1.0);
+                    assert!(ok, "{context}: {name}[{i}] = {g}, expected {w}");
+                }
+                _ => assert_eq!(g, w, "{context}: {name}[{i}]"),
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite: everything CI runs, in one command, from any fresh clone.
+#   - fetches the ONNX Runtime library (so both runtimes are tested),
+#   - prepares the Python environment for the protocol-conformance tests,
+#   - runs the Rust unit and end-to-end tests.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+eval "$(bash scripts/fetch-ort.sh | tail -n 1 | sed 's/^/export /')"
+eval "$(bash scripts/python-deps.sh | tail -n 1 | sed 's/^/export /')"
+# A missing ONNX Runtime must fail the run, not quietly test tract alone.
+export SLUICE_REQUIRE_ORT=1
+
+cargo test --workspace --all-targets
