@@ -1,5 +1,5 @@
-//! The request-path error: one kind enum, mapped once to HTTP status codes (and, in the gRPC
-//! codec, to gRPC codes). Handlers never pick status codes themselves.
+//! The request-path error: one kind enum, mapped once (one table) to HTTP status codes and gRPC
+//! codes. Handlers never pick status codes themselves.
 
 use http::StatusCode;
 
@@ -60,20 +60,40 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The one table from kinds to wire codes, HTTP status and gRPC code side by side, so the
+    /// two protocols cannot drift apart.
+    fn codes(self) -> (StatusCode, tonic::Code) {
+        use tonic::Code;
+        match self {
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, Code::NotFound),
+            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented),
+            // gRPC reports an oversized message as RESOURCE_EXHAUSTED too.
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted),
+            ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+            ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+            ErrorKind::ModelFailure | ErrorKind::Internal => {
+                (StatusCode::INTERNAL_SERVER_ERROR, Code::Internal)
+            }
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, Code::PermissionDenied),
+            // A concurrent load of the same model: gRPC's code for "retry at a higher level".
+            ErrorKind::Conflict => (StatusCode::CONFLICT, Code::Aborted),
+        }
+    }
+}
+
 impl From<ErrorKind> for StatusCode {
     fn from(kind: ErrorKind) -> StatusCode {
-        match kind {
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::ModelFailure | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
-        }
+        kind.codes().0
+    }
+}
+
+impl From<ErrorKind> for tonic::Code {
+    fn from(kind: ErrorKind) -> tonic::Code {
+        kind.codes().1
     }
 }
 
@@ -108,6 +128,12 @@ impl ServeError {
 
 pub type ServeResult<T> = Result<T, ServeError>;
 
+impl From<ServeError> for tonic::Status {
+    fn from(error: ServeError) -> tonic::Status {
+        tonic::Status::new(error.kind.into(), error.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +146,39 @@ mod tests {
         );
         assert_eq!(ErrorKind::Overloaded.retry_after_secs(), Some(1));
         assert_eq!(ErrorKind::BadRequest.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn grpc_codes() {
+        use tonic::Code;
+        let expected = [
+            (ErrorKind::BadRequest, Code::InvalidArgument),
+            (ErrorKind::NotFound, Code::NotFound),
+            (ErrorKind::MethodNotAllowed, Code::Unimplemented),
+            (ErrorKind::PayloadTooLarge, Code::ResourceExhausted),
+            (ErrorKind::Overloaded, Code::ResourceExhausted),
+            (ErrorKind::Unavailable, Code::Unavailable),
+            (ErrorKind::Timeout, Code::DeadlineExceeded),
+            (ErrorKind::ModelFailure, Code::Internal),
+            (ErrorKind::Internal, Code::Internal),
+            (ErrorKind::Unauthorized, Code::Unauthenticated),
+            (ErrorKind::Forbidden, Code::PermissionDenied),
+            (ErrorKind::Conflict, Code::Aborted),
+        ];
+        for (kind, code) in expected {
+            assert_eq!(Code::from(kind), code, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn status_carries_our_message() {
+        let status = tonic::Status::from(ServeError::bad_request(
+            "input 'input': expected shape [-1,12], got [1,11]",
+        ));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "input 'input': expected shape [-1,12], got [1,11]"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{ServeError, ServeResult};
+use crate::monitor::metrics::{self, InferenceEvent, Protocol};
 use crate::repository::LoadedVersion;
 use crate::routing::Router;
 use crate::tensor::{ModelSignature, Tensor};
@@ -21,6 +22,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Outputs the client asked for; `None` means all of them.
     pub outputs: Option<Vec<String>>,
+    /// The wire protocol, for metrics.
+    pub protocol: Protocol,
 }
 
 /// The answer, ready for a protocol to encode.
@@ -67,23 +70,56 @@ impl Inference {
         target: Arc<LoadedVersion>,
         request: InferRequest,
     ) -> ServeResult<InferResponse> {
-        let deadline = Instant::now() + self.request_timeout;
+        let started = Instant::now();
+        let rows = request
+            .inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1);
+        let protocol = request.protocol;
+        let result = self.run(&target, request, started).await;
+        let timings = result
+            .as_ref()
+            .ok()
+            .map(|(_, run)| (run.queue_wait, run.compute));
+        metrics::record_inference(&InferenceEvent {
+            model: &target.model,
+            version: target.version,
+            protocol,
+            outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),
+            total: started.elapsed(),
+            queue: timings.map(|t| t.0),
+            compute: timings.map(|t| t.1),
+            rows,
+        });
+        result.map(|(response, _)| response)
+    }
+
+    async fn run(
+        &self,
+        target: &LoadedVersion,
+        request: InferRequest,
+        started: Instant,
+    ) -> ServeResult<(InferResponse, crate::runtime::RunOutput)> {
+        let deadline = started + self.request_timeout;
         let selection = select_outputs(&target.signature, request.outputs.as_deref())?;
         let inputs = order_inputs(&target.signature, request.inputs)?;
-        let run = target.runner.run(inputs, deadline).await?;
-        let mut outputs = run.outputs;
+        let mut run = target.runner.run(inputs, deadline).await?;
+        let mut outputs = std::mem::take(&mut run.outputs);
         if let Some(keep) = selection {
             outputs = keep
                 .into_iter()
                 .filter_map(|i| outputs.get(i).cloned())
                 .collect();
         }
-        Ok(InferResponse {
+        let response = InferResponse {
             model: target.model.clone(),
             version: target.version,
             id: request.id,
             outputs,
-        })
+        };
+        Ok((response, run))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod infer;
 pub mod lifecycle;
+pub mod monitor;
 pub mod protocol;
 pub mod repository;
 pub mod routing;

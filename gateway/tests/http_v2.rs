@@ -313,3 +313,65 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, 200, "{body}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_requests() {
+    let server = TestServer::start(test_config(&examples_repo(), RuntimeChoice::Auto)).await;
+    let request = std::fs::read(fixtures().join("examples/digits_v1_request_b4.json")).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            server
+                .post("/v2/models/digits/infer", request.clone())
+                .await
+                .0,
+            200
+        );
+    }
+    let bad = br#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
+    assert_eq!(
+        server.post("/v2/models/digits/infer", bad.to_vec()).await.0,
+        400
+    );
+
+    let metrics_url = format!(
+        "http://{}/metrics",
+        server.server.as_ref().unwrap().metrics_addr
+    );
+    let text = server
+        .client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no line starting with {prefix} in:\n{text}"))
+    };
+    // Other tests in this process may serve digits too: at least our requests are counted.
+    assert!(
+        value(
+            r#"sluice_requests_total{model="digits",version="1",protocol="v2_json",outcome="ok"}"#
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            r#"sluice_requests_total{model="digits",version="1",protocol="v2_json",outcome="bad_request"}"#
+        ) >= 1.0
+    );
+    assert!(value(r#"sluice_request_rows_sum{model="digits",version="1"}"#) >= 12.0);
+    assert!(
+        text.contains("# TYPE sluice_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sluice_model_versions_loaded{model="credit"} 2"#),
+        "{text}"
+    );
+    server.stop().await;
+}

@@ -1,6 +1,10 @@
 //! Model lifecycle: (re)loading a model's versions from the repository and publishing them in
 //! one snapshot store, unloading, and the start-up load of the whole repository.
 
+mod index;
+
+pub use index::{IndexEntry, ModelState};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

@@ -110,6 +110,7 @@ impl V2Request {
             outputs: self
                 .outputs
                 .map(|outputs| outputs.into_iter().map(|o| o.name).collect()),
+            protocol: crate::monitor::metrics::Protocol::V2Json,
         })
     }
 }
@@ -199,7 +200,9 @@ pub struct ServerMetadata {
 pub const SERVER_METADATA: ServerMetadata = ServerMetadata {
     name: "sluice",
     version: env!("CARGO_PKG_VERSION"),
-    extensions: &[],
+    // Triton's names: the binary tensor framing on HTTP (and raw contents on gRPC), and the
+    // repository index/load/unload calls.
+    extensions: &["binary_tensor_data", "model_repository"],
 };
 
 #[cfg(test)]

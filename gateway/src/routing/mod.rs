@@ -100,6 +100,7 @@ impl Router {
     /// Publishes a change atomically: `change` gets the current snapshot and returns the next.
     /// Concurrent updates are retried, never lost.
     pub fn update(&self, mut change: impl FnMut(&Snapshot) -> Snapshot) {
-        self.current.rcu(|current| change(current));
+        let previous = self.current.rcu(|current| change(current));
+        crate::monitor::metrics::record_snapshot(&previous, &self.current.load());
     }
 }

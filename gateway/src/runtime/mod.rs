@@ -8,7 +8,7 @@ mod tract;
 use std::path::{Path, PathBuf};
 
 pub use onnxruntime::{OrtRuntime, find_ort_library};
-pub use runner::{Job, Runner, RunnerOptions};
+pub use runner::{Job, RunOutput, Runner, RunnerOptions};
 
 use crate::config::{RuntimeChoice, RuntimeConfig};
 use crate::tensor::{ModelSignature, Tensor};

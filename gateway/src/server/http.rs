@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::infer::Inference;
 use crate::lifecycle::ModelManager;
-use crate::protocol::{v1, v2};
+use crate::protocol::{binary, v1, v2};
 
 /// Response header naming the version that answered.
 pub const MODEL_VERSION_HEADER: &str = "sluice-model-version";
@@ -216,9 +216,18 @@ async fn run_v2(
     body: Body,
 ) -> ServeResult<Response> {
     let body = read_body(state, headers, body).await?;
-    let request = v2::parse_request(&body)?.into_infer_request(model, version)?;
+    // Plain v2 JSON and Triton's binary tensor framing share one decoder and one encoder.
+    let (request, encoding) =
+        binary::decode_request(&body, binary::header_length(headers)?, model, version)?;
     let response = state.inference.infer(request).await?;
-    let mut http = json_response(StatusCode::OK, v2::encode_response(&response));
+    let encoded = binary::encode_response(&response, &encoding);
+    let mut http = json_response(StatusCode::OK, encoded.body);
+    if let Some(length) = encoded.header_length {
+        let octets = HeaderValue::from_static("application/octet-stream");
+        http.headers_mut().insert(header::CONTENT_TYPE, octets);
+        http.headers_mut()
+            .insert(binary::HEADER_LENGTH, HeaderValue::from(length));
+    }
     http.headers_mut()
         .insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
     Ok(http)
@@ -251,6 +260,7 @@ async fn v1_predict(
             model,
             version,
             inputs,
+            protocol: crate::monitor::metrics::Protocol::V1,
             ..Default::default()
         };
         let response = state.inference.infer_on(target, request).await?;

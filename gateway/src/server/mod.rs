@@ -1,5 +1,6 @@
 //! Listeners and their lifecycle: bind, serve, and drain on shutdown.
 
+pub mod grpc;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use crate::routing::{Router, Snapshot};
 /// A running sluice: its bound addresses and the means to stop it.
 pub struct Server {
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub models: Arc<ModelManager>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -39,6 +42,15 @@ impl Server {
             .await
             .with_context(|| format!("cannot bind HTTP port {}", config.server.http_port))?;
         let http_addr = http_listener.local_addr()?;
+        let grpc_listener = TcpListener::bind((host, config.server.grpc_port))
+            .await
+            .with_context(|| format!("cannot bind gRPC port {}", config.server.grpc_port))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let metrics_listener = TcpListener::bind((host, config.server.metrics_port))
+            .await
+            .with_context(|| format!("cannot bind metrics port {}", config.server.metrics_port))?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let metrics = crate::monitor::metrics::install();
 
         let loader = Arc::new(Loader::new(&config));
         match loader.runtimes().ort_status() {
@@ -53,24 +65,54 @@ impl Server {
         let inference = Arc::new(Inference::new(router, config.server.request_timeout));
         let (shutdown, _) = watch::channel(false);
 
+        let grpc = grpc::GrpcListener::new(grpc::GrpcState {
+            inference: Arc::clone(&inference),
+            models: Arc::clone(&models),
+            ready: Arc::clone(&ready),
+            max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+        });
+        let grpc_health = grpc.health();
         let app = http::routes(Arc::new(http::HttpState {
             inference,
             models: Arc::clone(&models),
             ready: Arc::clone(&ready),
             max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
         }));
-        let tasks = vec![tokio::spawn(serve_until_drained(
-            http_listener,
-            app,
+        let drain = config.server.drain_timeout;
+        let mut tasks = vec![
+            tokio::spawn(serve_until_drained(
+                http_listener,
+                app,
+                shutdown.subscribe(),
+                drain,
+            )),
+            tokio::spawn(serve_until_drained(
+                metrics_listener,
+                metrics_routes(metrics),
+                shutdown.subscribe(),
+                drain,
+            )),
+        ];
+
+        tasks.push(tokio::spawn(grpc.serve(
+            grpc_listener,
             shutdown.subscribe(),
-            config.server.drain_timeout,
-        ))];
+            drain,
+        )));
 
         models.load_all().await?;
         ready.store(true, Ordering::Release);
-        tracing::info!(http = %http_addr, "sluice is ready");
+        grpc::set_serving(&grpc_health, true).await;
+        tracing::info!(
+            http = %http_addr,
+            grpc = %grpc_addr,
+            metrics = %metrics_addr,
+            "sluice is ready"
+        );
         Ok(Server {
             http_addr,
+            grpc_addr,
+            metrics_addr,
             models,
             shutdown,
             tasks,
@@ -88,6 +130,25 @@ impl Server {
             let _ = task.await;
         }
     }
+}
+
+/// The metrics listener: Prometheus text exposition at `/metrics`.
+fn metrics_routes(handle: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// Serves until shutdown is signalled, then lets open requests finish for at most `drain`.

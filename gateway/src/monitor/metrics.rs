@@ -1,0 +1,152 @@
+//! Prometheus metrics. Every metric is described once here, with its unit; the request path
+//! reports through [`record_inference`] only, so names and labels live in one file.
+//! Labels come from bounded sets: model and version names from the repository, the protocol,
+//! and the error kind.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::ErrorKind;
+use crate::routing::Snapshot;
+
+pub const REQUESTS: &str = "sluice_requests_total";
+pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "sluice_queue_duration_seconds";
+pub const INFERENCE_DURATION: &str = "sluice_inference_duration_seconds";
+pub const BATCH_ROWS: &str = "sluice_request_rows";
+pub const LOADED_VERSIONS: &str = "sluice_model_versions_loaded";
+
+/// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
+/// tail under overload reaches seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+const ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+/// Which wire protocol a request came in on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    V2Json,
+    V2Binary,
+    V1,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V2Json => "v2_json",
+            Protocol::V2Binary => "v2_binary",
+            Protocol::V1 => "v1",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once (tests start several servers in one process) and
+/// returns the handle that renders the exposition text.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), ROW_BUCKETS)
+                });
+            let handle = match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => handle,
+                Err(error) => {
+                    // Another recorder is installed (an embedding application's): keep serving,
+                    // with a private recorder whose output stays empty.
+                    tracing::warn!(%error, "metrics recorder not installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Inference requests by model, version, protocol and outcome (ok or the error kind)"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Inference time from decoded request to result, queueing included"
+    );
+    describe_histogram!(
+        QUEUE_DURATION,
+        Unit::Seconds,
+        "Time a request waited for a model worker"
+    );
+    describe_histogram!(
+        INFERENCE_DURATION,
+        Unit::Seconds,
+        "Time the model itself ran"
+    );
+    describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per inference request");
+    describe_gauge!(LOADED_VERSIONS, Unit::Count, "Versions loaded per model");
+}
+
+/// One finished inference on a resolved version.
+pub struct InferenceEvent<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    pub protocol: Protocol,
+    pub outcome: Result<(), ErrorKind>,
+    pub total: Duration,
+    pub queue: Option<Duration>,
+    pub compute: Option<Duration>,
+    pub rows: usize,
+}
+
+pub fn record_inference(event: &InferenceEvent<'_>) {
+    let model = event.model.to_string();
+    let version = event.version.to_string();
+    let protocol = event.protocol.as_str();
+    let outcome = match event.outcome {
+        Ok(()) => "ok",
+        Err(kind) => kind.as_str(),
+    };
+    counter!(REQUESTS, "model" => model.clone(), "version" => version.clone(), "protocol" => protocol, "outcome" => outcome)
+        .increment(1);
+    histogram!(REQUEST_DURATION, "model" => model.clone(), "version" => version.clone(), "protocol" => protocol)
+        .record(event.total.as_secs_f64());
+    if let Some(queue) = event.queue {
+        histogram!(QUEUE_DURATION, "model" => model.clone(), "version" => version.clone())
+            .record(queue.as_secs_f64());
+    }
+    if let Some(compute) = event.compute {
+        histogram!(INFERENCE_DURATION, "model" => model.clone(), "version" => version.clone())
+            .record(compute.as_secs_f64());
+    }
+    histogram!(BATCH_ROWS, "model" => model, "version" => version).record(event.rows as f64);
+}
+
+/// Publishes the loaded-version gauges for a newly stored snapshot.
+pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
+    for name in previous
+        .models
+        .keys()
+        .filter(|m| !next.models.contains_key(*m))
+    {
+        gauge!(LOADED_VERSIONS, "model" => name.clone()).set(0.0);
+    }
+    for (name, routes) in &next.models {
+        gauge!(LOADED_VERSIONS, "model" => name.clone()).set(routes.versions.len() as f64);
+    }
+}

@@ -1,0 +1,4 @@
+//! Watching the traffic: Prometheus metrics now; rolling windows, drift and the rollout guard
+//! build on the same events.
+
+pub mod metrics;

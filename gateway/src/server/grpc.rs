@@ -1,0 +1,249 @@
+//! The gRPC listener: `inference.GRPCInferenceService` (KServe v2, wire-compatible with
+//! `tritonclient.grpc`) and the standard `grpc.health.v1` health service.
+//!
+//! Like the HTTP handlers, every RPC only decodes, calls the core ([`Inference`] for inference,
+//! [`ModelManager`] for the repository), and encodes; errors become a `tonic::Status` through the
+//! one kind-to-code table in [`crate::error`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::error::{ErrorKind, ServeError, ServeResult};
+use crate::infer::Inference;
+use crate::lifecycle::ModelManager;
+use crate::protocol::grpc::{self as codec, proto};
+use crate::protocol::v2::SERVER_METADATA;
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// The service name health checks use for the inference service.
+const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// What every RPC shares (the same parts the HTTP handlers share).
+pub struct GrpcState {
+    pub inference: Arc<Inference>,
+    pub models: Arc<ModelManager>,
+    pub ready: Arc<AtomicBool>,
+    /// Largest accepted request message, `server.max_body_size` as for HTTP bodies.
+    pub max_message_size: usize,
+}
+
+/// The gRPC listener, built and ready to serve.
+pub struct GrpcListener {
+    routes: tonic::service::Routes,
+    health: HealthReporter,
+}
+
+impl GrpcListener {
+    pub fn new(state: GrpcState) -> GrpcListener {
+        let max = state.max_message_size;
+        let inference = GrpcInferenceServiceServer::new(InferenceService(state))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let routes = tonic::service::Routes::new(inference).add_service(health_service);
+        GrpcListener { routes, health }
+    }
+
+    /// The health reporter: health checks say NOT_SERVING until [`set_serving`] is called.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves until shutdown is signalled, then lets open calls finish for at most `drain`
+    /// (the same drain as the HTTP listener's).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        set_serving(&self.health, false).await;
+        let mut stop = shutdown.clone();
+        let health = self.health.clone();
+        // gRPC calls are small request/response pairs on long-lived connections: without
+        // TCP_NODELAY, Nagle's algorithm holds back the last segment of each answer.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = tonic::transport::Server::builder()
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                set_serving(&health, false).await;
+            });
+        let deadline = async {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(drain).await;
+        };
+        tokio::select! {
+            result = serve => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "gRPC listener failed");
+                }
+            }
+            () = deadline => tracing::warn!(?drain, "drain timeout reached; closing open gRPC connections"),
+        }
+    }
+}
+
+/// Reports the server (`""`) and the inference service as SERVING or NOT_SERVING.
+pub async fn set_serving(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+struct InferenceService(GrpcState);
+
+fn version_of(version: &str) -> Option<&str> {
+    Some(version).filter(|v| !v.is_empty())
+}
+
+fn required<'a>(field: &str, value: &'a str) -> ServeResult<&'a str> {
+    if value.is_empty() {
+        return Err(ServeError::bad_request(format!("{field} is empty")));
+    }
+    Ok(value)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<proto::ServerLiveRequest>,
+    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<proto::ServerReadyRequest>,
+    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
+        let ready = self.0.ready.load(Ordering::Acquire);
+        Ok(Response::new(proto::ServerReadyResponse { ready }))
+    }
+
+    /// An unknown model or version is "not ready", not an error, as Triton answers.
+    async fn model_ready(
+        &self,
+        request: Request<proto::ModelReadyRequest>,
+    ) -> Result<Response<proto::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let name = required("name", &request.name)?;
+        let ready = match self.0.inference.resolve(name, version_of(&request.version)) {
+            Ok(_) => true,
+            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Unavailable) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(proto::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<proto::ServerMetadataRequest>,
+    ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        Ok(Response::new(proto::ServerMetadataResponse {
+            name: SERVER_METADATA.name.to_string(),
+            version: SERVER_METADATA.version.to_string(),
+            extensions: SERVER_METADATA
+                .extensions
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<proto::ModelMetadataRequest>,
+    ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let name = required("name", &request.name)?;
+        let version = version_of(&request.version);
+        let snapshot = self.0.models.router().snapshot();
+        let target = snapshot.resolve(name, version)?;
+        // As the HTTP metadata: the one version asked for, or every loaded version.
+        let versions = match version {
+            Some(_) => vec![target.version.to_string()],
+            None => snapshot
+                .models
+                .get(name)
+                .map(|routes| routes.versions.keys().map(u64::to_string).collect())
+                .unwrap_or_default(),
+        };
+        Ok(Response::new(codec::model_metadata(&target, versions)))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<proto::ModelInferRequest>,
+    ) -> Result<Response<proto::ModelInferResponse>, Status> {
+        let request = codec::decode_request(request.into_inner())?;
+        let response = self.0.inference.infer(request).await?;
+        Ok(Response::new(codec::encode_response(response)))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<proto::RepositoryIndexRequest>,
+    ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let models = self
+            .0
+            .models
+            .index()?
+            .into_iter()
+            .filter(|entry| !ready_only || entry.state == crate::lifecycle::ModelState::Ready)
+            .map(|entry| proto::repository_index_response::ModelIndex {
+                name: entry.name,
+                version: entry.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: entry.state.as_str().to_string(),
+                reason: entry.reason,
+            })
+            .collect();
+        Ok(Response::new(proto::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<proto::RepositoryModelLoadRequest>,
+    ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        let request = request.into_inner();
+        // Triton's load parameters replace the model's config or files for this load; sluice
+        // always loads what is on disk, so it refuses them rather than ignore them.
+        if let Some(key) = request.parameters.keys().next() {
+            return Err(ServeError::bad_request(format!(
+                "load parameter '{key}' is not supported: sluice loads the model folder as it is \
+                 on disk"
+            ))
+            .into());
+        }
+        self.0
+            .models
+            .load(required("model_name", &request.model_name)?)
+            .await?;
+        Ok(Response::new(proto::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<proto::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .models
+            .unload(required("model_name", &request.model_name)?)
+            .await?;
+        Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}

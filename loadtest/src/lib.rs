@@ -1,0 +1,29 @@
+//! Load generation for sluice and any KServe v2 server.
+//!
+//! `sluice-load` is a closed-loop generator: each of N keep-alive connections sends a request,
+//! waits for the whole response, records the latency and sends the next. Throughput is then what
+//! the server sustains at that concurrency, and latency is what a client at that concurrency sees.
+//! `sluice-ceiling` is a server that does nothing but read the request and answer with fixed
+//! bytes: pointed at it, `sluice-load` shows the most this machine can do for a request shape,
+//! which is the number to compare a real server against.
+//!
+//! The pieces are split along the seams later protocols and modes need:
+//! - [`target`]: what to send (method, path, headers, body), built once and cloned per request;
+//! - [`http1`]: one HTTP/1.1 connection's loop; a gRPC or HTTP/2 driver sits beside it and
+//!   fills the same [`stats::Recorder`];
+//! - [`run`]: the phases (warm-up, measurement) and the fan-out over connections;
+//! - [`stats`]: per-connection recording with no shared state on the hot path;
+//! - [`report`]: the merged numbers, as a table or as JSON;
+//! - [`ceiling`]: the do-nothing server.
+#![forbid(unsafe_code)]
+
+pub mod ceiling;
+pub mod http1;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod target;
+
+pub use report::Report;
+pub use run::{Config, Summary, Window, run};
+pub use target::RequestTemplate;
