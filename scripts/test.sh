@@ -11,5 +11,7 @@ eval "$(bash scripts/fetch-ort.sh | tail -n 1 | sed 's/^/export /')"
 eval "$(bash scripts/python-deps.sh | tail -n 1 | sed 's/^/export /')"
 # A missing ONNX Runtime must fail the run, not quietly test tract alone.
 export SLUICE_REQUIRE_ORT=1
+# Likewise a missing Python environment must fail the Triton-client conformance tests.
+export SLUICE_REQUIRE_PYTHON=1
 
 cargo test --workspace --all-targets

@@ -17,6 +17,19 @@ pub struct Config {
     pub repository: RepositoryConfig,
     /// How models run: runtime choice, worker threads, queue sizes.
     pub runtime: RuntimeConfig,
+    /// Who may change models and traffic.
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token that mutating calls (load, unload, traffic) must present. The
+    /// `SLUICE_ADMIN_TOKEN` environment variable wins over it. With no token at all, mutations
+    /// are accepted from loopback clients only.
+    pub token: Option<String>,
+    /// File holding the token (its first line), e.g. a mounted Kubernetes secret.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -68,6 +81,10 @@ pub struct RepositoryConfig {
     /// Versions kept loaded when a model's `model.toml` does not say; latest 2 keeps the
     /// previous version as the instant rollback target.
     pub version_policy: VersionPolicy,
+    /// How often to re-scan the repository and (re)load what changed, e.g. "5s". Off when
+    /// unset: models then change only through the model-control API.
+    #[serde(default, with = "optional_duration")]
+    pub poll_interval: Option<Duration>,
 }
 
 impl Default for RepositoryConfig {
@@ -75,6 +92,7 @@ impl Default for RepositoryConfig {
         RepositoryConfig {
             path: PathBuf::from("models"),
             version_policy: VersionPolicy::Latest(2),
+            poll_interval: None,
         }
     }
 }
@@ -239,6 +257,24 @@ impl Config {
         if r.ort_intra_threads == 0 {
             problems.push("runtime.ort_intra_threads must be at least 1".into());
         }
+        if self
+            .repository
+            .poll_interval
+            .is_some_and(|d| d < Duration::from_millis(100))
+        {
+            problems.push("repository.poll_interval must be at least 100ms".into());
+        }
+        if self.admin.token.as_deref().is_some_and(str::is_empty) {
+            problems.push("admin.token is empty: remove it or set a secret".into());
+        }
+        if let Some(file) = &self.admin.token_file
+            && !file.is_file()
+        {
+            problems.push(format!(
+                "admin.token_file: {} does not exist",
+                file.display()
+            ));
+        }
         if let Some(lib) = &r.ort_library
             && !lib.is_file()
         {
@@ -274,6 +310,22 @@ pub mod human_duration {
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("'{text}' is not a duration like \"250ms\": {e}"))
         })
+    }
+}
+
+/// An optional human duration.
+pub mod optional_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => human_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        human_duration::deserialize(d).map(Some)
     }
 }
 

@@ -27,8 +27,36 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// List the models and versions a repository holds and which would be loaded.
     Models(ConfigArgs),
+    /// Operate a running sluice through its admin API (token from SLUICE_ADMIN_TOKEN).
+    Ctl(CtlArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// Base URL of the server's HTTP listener.
+    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Admin token; needed for changes when the server has one configured.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// List models, their loaded versions and state.
+    Models,
+    /// Show one model.
+    Model { name: String },
+    /// (Re)load a model from the repository, applying its version policy.
+    Load { name: String },
+    /// Stop serving a model.
+    Unload { name: String },
+    /// The repository index (every model folder and its state).
+    Index,
 }
 
 /// Where the config comes from; flags override the file.
@@ -89,6 +117,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Models(args) => list_models(&args),
+        Command::Ctl(args) => ctl(&args),
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -119,6 +148,49 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
         server.wait().await;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// Calls the admin API and prints the JSON answer; a non-2xx answer is an error.
+fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
+    let base = args.url.trim_end_matches('/');
+    let (method, path) = match &args.action {
+        CtlAction::Models => (reqwest::Method::GET, "/admin/v1/models".to_string()),
+        CtlAction::Model { name } => (reqwest::Method::GET, format!("/admin/v1/models/{name}")),
+        CtlAction::Load { name } => (
+            reqwest::Method::POST,
+            format!("/v2/repository/models/{name}/load"),
+        ),
+        CtlAction::Unload { name } => (
+            reqwest::Method::POST,
+            format!("/v2/repository/models/{name}/unload"),
+        ),
+        CtlAction::Index => (reqwest::Method::POST, "/v2/repository/index".to_string()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new().request(method, format!("{base}{path}"));
+        if let Some(token) = &args.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach sluice at {base}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(text);
+        if status.is_success() {
+            println!("{pretty}");
+            Ok(())
+        } else {
+            anyhow::bail!("{status}: {pretty}")
+        }
     })
 }
 

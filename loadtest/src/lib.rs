@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ceiling;
+pub mod grpc;
 pub mod http1;
 pub mod report;
 pub mod run;

@@ -58,6 +58,17 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Wire protocol. `grpc` sends KServe v2 `ModelInfer` calls to the --url's host and port
+    /// (the gRPC listener), built from the v2 JSON --body for the model the URL path names.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Http,
+    Grpc,
 }
 
 fn parse_method(arg: &str) -> Result<Method, String> {
@@ -97,7 +108,7 @@ async fn load(args: Args) -> anyhow::Result<()> {
         ),
         None => Bytes::new(),
     };
-    let template = RequestTemplate::new(&args.url, args.method, args.headers, body)?;
+    let template = RequestTemplate::new(&args.url, args.method, args.headers, body.clone())?;
     let addr = template.resolve().await?;
     let config = Config {
         addr,
@@ -108,7 +119,13 @@ async fn load(args: Args) -> anyhow::Result<()> {
         timeout: args.timeout,
     };
 
-    let summary = sluice_loadtest::run(&config).await?;
+    let summary = match args.protocol {
+        Protocol::Http => sluice_loadtest::run(&config).await?,
+        Protocol::Grpc => {
+            let call = sluice_loadtest::grpc::GrpcTemplate::new(config.template.url(), &body)?;
+            sluice_loadtest::grpc::run(&config, call).await?
+        }
+    };
     let report = Report::new(&summary);
     let mut out = io::stdout().lock();
     if args.json {

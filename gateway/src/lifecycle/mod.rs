@@ -2,6 +2,9 @@
 //! one snapshot store, unloading, and the start-up load of the whole repository.
 
 mod index;
+mod poller;
+
+pub use poller::poll;
 
 pub use index::{IndexEntry, ModelState};
 
@@ -11,6 +14,23 @@ use std::sync::{Arc, Mutex};
 use crate::error::{ErrorKind, ServeError};
 use crate::repository::{self, Loader};
 use crate::routing::{ModelRoutes, Router};
+
+/// Who asked for a lifecycle change, for the audit trail ("admin api: token holder at
+/// 10.0.0.7:51234", "repository poller", "start-up").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn new(who: impl Into<String>) -> Actor {
+        Actor(who.into())
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Loads and unloads models; one load per model at a time.
 pub struct ModelManager {
@@ -100,19 +120,22 @@ impl ModelManager {
     /// Re-reads the model's folder, applies its version policy, loads versions that are new
     /// (or whose file changed), and publishes the result in one store. On any failure nothing
     /// changes and the error says why.
-    pub async fn load(&self, model: &str) -> Result<LoadReport, ServeError> {
+    pub async fn load(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
         let _guard = self.claim(model)?;
         let result = self.load_claimed(model).await;
         self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
         match &result {
             Ok(report) => tracing::info!(
                 model,
+                %actor,
                 versions = ?report.versions,
                 loaded = ?report.loaded,
                 unloaded = ?report.unloaded,
                 "model published"
             ),
-            Err(error) => tracing::warn!(model, %error, "model load failed; nothing changed"),
+            Err(error) => {
+                tracing::warn!(model, %actor, %error, "model load failed; nothing changed")
+            }
         }
         result
     }
@@ -135,7 +158,7 @@ impl ModelManager {
             let reusable = current
                 .as_ref()
                 .and_then(|routes| routes.versions.get(&version))
-                .filter(|v| v.is_current_on_disk());
+                .filter(|v| v.is_current(&dir));
             let ready = match reusable {
                 Some(existing) => Arc::clone(existing),
                 None => {
@@ -187,7 +210,7 @@ impl ModelManager {
     }
 
     /// Removes the model from routing. In-flight requests finish on the versions they hold.
-    pub async fn unload(&self, model: &str) -> Result<(), ServeError> {
+    pub async fn unload(&self, model: &str, actor: &Actor) -> Result<(), ServeError> {
         let _guard = self.claim(model)?;
         if !self.router.snapshot().models.contains_key(model) {
             return Err(ServeError::unknown_model(model));
@@ -197,7 +220,7 @@ impl ModelManager {
             next.models.remove(model);
             next
         });
-        tracing::info!(model, "model unloaded");
+        tracing::info!(model, %actor, "model unloaded");
         Ok(())
     }
 
@@ -209,8 +232,44 @@ impl ModelManager {
             tracing::error!(error = %problem, "model skipped");
         }
         for model in models {
-            let _ = self.load(&model.name).await;
+            let _ = self.load(&model.name, &Actor::new("start-up")).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::routing::Snapshot;
+
+    #[tokio::test]
+    async fn a_second_load_of_the_same_model_is_refused_while_one_runs() {
+        let manager = ModelManager::new(
+            Arc::new(Loader::new(&Config::default())),
+            Arc::new(Router::new(Snapshot::default())),
+        );
+        let actor = Actor::new("test");
+        let running = manager.claim("credit").unwrap();
+        let err = manager.load("credit", &actor).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        assert!(
+            err.message.contains("already being loaded"),
+            "{}",
+            err.message
+        );
+        let err = manager.unload("credit", &actor).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        // Another model is not blocked, and the claim ends with the load.
+        assert_ne!(
+            manager.load("digits", &actor).await.unwrap_err().kind,
+            ErrorKind::Conflict
+        );
+        drop(running);
+        assert_ne!(
+            manager.load("credit", &actor).await.unwrap_err().kind,
+            ErrorKind::Conflict
+        );
     }
 }

@@ -20,6 +20,7 @@ pub const QUEUE_DURATION: &str = "sluice_queue_duration_seconds";
 pub const INFERENCE_DURATION: &str = "sluice_inference_duration_seconds";
 pub const BATCH_ROWS: &str = "sluice_request_rows";
 pub const LOADED_VERSIONS: &str = "sluice_model_versions_loaded";
+pub const ALIVE_VERSIONS: &str = "sluice_model_versions_alive";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -100,6 +101,11 @@ fn describe() {
     );
     describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per inference request");
     describe_gauge!(LOADED_VERSIONS, Unit::Count, "Versions loaded per model");
+    describe_gauge!(
+        ALIVE_VERSIONS,
+        Unit::Count,
+        "Model versions in memory (loaded, or swapped out with requests still in flight)"
+    );
 }
 
 /// One finished inference on a resolved version.
@@ -135,6 +141,14 @@ pub fn record_inference(event: &InferenceEvent<'_>) {
             .record(compute.as_secs_f64());
     }
     histogram!(BATCH_ROWS, "model" => model, "version" => version).record(event.rows as f64);
+}
+
+pub fn record_version_built() {
+    gauge!(ALIVE_VERSIONS).increment(1.0);
+}
+
+pub fn record_version_freed() {
+    gauge!(ALIVE_VERSIONS).decrement(1.0);
 }
 
 /// Publishes the loaded-version gauges for a newly stored snapshot.

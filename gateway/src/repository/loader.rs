@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::ModelDir;
+use super::{ModelConfig, ModelDir};
 use crate::config::{Config, RuntimeConfig, VersionPolicy};
 use crate::runtime::{
     Backend, LoadError, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
@@ -25,13 +25,33 @@ pub struct LoadedVersion {
     pub loaded_at: SystemTime,
     /// Size and modification time of the model file when it was loaded.
     fingerprint: Option<(u64, SystemTime)>,
+    /// The `model.toml` settings it was loaded with.
+    settings: ModelConfig,
+}
+
+/// Versions built and not yet freed, in this process. A swapped-out version is freed when its
+/// last in-flight request ends, so after swaps settle this equals the versions loaded: more
+/// means a leak.
+static ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn alive_versions() -> usize {
+    ALIVE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+impl Drop for LoadedVersion {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        crate::monitor::metrics::record_version_freed();
+        tracing::debug!(model = %self.model, version = self.version, "model version freed");
+    }
 }
 
 impl LoadedVersion {
-    /// Whether the file on disk is still the one that was loaded; a reload replaces versions
-    /// whose file was rewritten in place.
-    pub fn is_current_on_disk(&self) -> bool {
-        fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
+    /// Whether this version is what a load from `model` would build now: same file on disk,
+    /// same `model.toml` settings. A reload replaces versions for which this is false.
+    pub fn is_current(&self, model: &ModelDir) -> bool {
+        self.settings == model.config
+            && fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
     }
 }
 
@@ -133,6 +153,8 @@ impl Loader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model version loaded"
         );
+        ALIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::monitor::metrics::record_version_built();
         Ok(Arc::new(LoadedVersion {
             model: model.name.clone(),
             version,
@@ -142,6 +164,7 @@ impl Loader {
             path,
             loaded_at: SystemTime::now(),
             fingerprint,
+            settings: model.config.clone(),
         }))
     }
 }

@@ -8,7 +8,7 @@ mod model_config;
 
 use std::path::{Path, PathBuf};
 
-pub use loader::{LoadedVersion, Loader};
+pub use loader::{LoadedVersion, Loader, alive_versions};
 pub use model_config::{DeclaredInput, ModelConfig};
 
 /// One model folder as found on disk.

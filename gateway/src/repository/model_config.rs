@@ -8,7 +8,7 @@ use crate::config::{RuntimeChoice, VersionPolicy};
 use crate::tensor::{DataType, TensorSpec, format_dims};
 
 /// Everything a model folder may override; unset fields fall back to the server config.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Runtime for this model ("auto", "ort", "tract").
@@ -24,7 +24,7 @@ pub struct ModelConfig {
 }
 
 /// An input the operator expects the model to take.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeclaredInput {
     pub name: String,

@@ -5,6 +5,7 @@
 //! [`ModelManager`] for the repository), and encodes; errors become a `tonic::Status` through the
 //! one kind-to-code table in [`crate::error`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,9 +17,10 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::auth::AdminAuth;
 use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::infer::Inference;
-use crate::lifecycle::ModelManager;
+use crate::lifecycle::{Actor, ModelManager};
 use crate::protocol::grpc::{self as codec, proto};
 use crate::protocol::v2::SERVER_METADATA;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -33,6 +35,8 @@ pub struct GrpcState {
     pub ready: Arc<AtomicBool>,
     /// Largest accepted request message, `server.max_body_size` as for HTTP bodies.
     pub max_message_size: usize,
+    /// Gatekeeper for the repository load/unload calls, the same as the HTTP admin API's.
+    pub auth: AdminAuth,
 }
 
 /// The gRPC listener, built and ready to serve.
@@ -104,6 +108,20 @@ pub async fn set_serving(health: &HealthReporter, serving: bool) {
 }
 
 struct InferenceService(GrpcState);
+
+impl InferenceService {
+    /// The caller of a mutating call, if allowed: `authorization: Bearer <token>` metadata, or
+    /// a loopback peer when no token is configured (the HTTP admin API's rules).
+    fn authorize<T>(&self, request: &Request<T>) -> ServeResult<Actor> {
+        // Always known for TCP connections; unknown counts as remote, so it fails closed.
+        let peer = request
+            .remote_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let headers = request.metadata().clone().into_headers();
+        let actor = self.0.auth.authorize(&headers, peer)?;
+        Ok(Actor::new(format!("grpc: {actor}")))
+    }
+}
 
 fn version_of(version: &str) -> Option<&str> {
     Some(version).filter(|v| !v.is_empty())
@@ -218,6 +236,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::RepositoryModelLoadRequest>,
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        let actor = self.authorize(&request)?;
         let request = request.into_inner();
         // Triton's load parameters replace the model's config or files for this load; sluice
         // always loads what is on disk, so it refuses them rather than ignore them.
@@ -230,7 +249,7 @@ impl GrpcInferenceService for InferenceService {
         }
         self.0
             .models
-            .load(required("model_name", &request.model_name)?)
+            .load(required("model_name", &request.model_name)?, &actor)
             .await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
@@ -239,10 +258,11 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::RepositoryModelUnloadRequest>,
     ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        let actor = self.authorize(&request)?;
         let request = request.into_inner();
         self.0
             .models
-            .unload(required("model_name", &request.model_name)?)
+            .unload(required("model_name", &request.model_name)?, &actor)
             .await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }

@@ -27,6 +27,8 @@ pub struct HttpState {
     pub models: Arc<ModelManager>,
     pub ready: Arc<AtomicBool>,
     pub max_body_size: usize,
+    /// Gatekeeper for mutating calls.
+    pub auth: super::auth::AdminAuth,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -54,6 +56,7 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         // TF-Serving puts the verb after a colon in the last segment (`churn:predict`), which
         // a path pattern cannot split; the handler parses the tail itself.
         .route("/v1/models/{*target}", post(v1_predict))
+        .merge(super::admin::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -84,7 +87,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
-fn json_ok(value: &impl serde::Serialize) -> Response {
+pub(super) fn json_ok(value: &impl serde::Serialize) -> Response {
     json_response(
         StatusCode::OK,
         serde_json::to_vec(value).unwrap_or_default(),
@@ -93,7 +96,11 @@ fn json_ok(value: &impl serde::Serialize) -> Response {
 
 /// Reads the whole body, refusing with 413 anything over the configured limit, before or
 /// while it streams in.
-async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> ServeResult<Bytes> {
+pub(super) async fn read_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ServeResult<Bytes> {
     let limit = state.max_body_size;
     let too_large = || {
         ServeError::new(

@@ -1,5 +1,7 @@
 //! Listeners and their lifecycle: bind, serve, and drain on shutdown.
 
+pub mod admin;
+pub mod auth;
 pub mod grpc;
 pub mod http;
 
@@ -65,11 +67,14 @@ impl Server {
         let inference = Arc::new(Inference::new(router, config.server.request_timeout));
         let (shutdown, _) = watch::channel(false);
 
+        let admin_auth =
+            auth::AdminAuth::from_config(&config.admin).context("cannot read admin.token_file")?;
         let grpc = grpc::GrpcListener::new(grpc::GrpcState {
             inference: Arc::clone(&inference),
             models: Arc::clone(&models),
             ready: Arc::clone(&ready),
             max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+            auth: admin_auth.clone(),
         });
         let grpc_health = grpc.health();
         let app = http::routes(Arc::new(http::HttpState {
@@ -77,6 +82,7 @@ impl Server {
             models: Arc::clone(&models),
             ready: Arc::clone(&ready),
             max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+            auth: admin_auth,
         }));
         let drain = config.server.drain_timeout;
         let mut tasks = vec![
@@ -101,6 +107,13 @@ impl Server {
         )));
 
         models.load_all().await?;
+        if let Some(interval) = config.repository.poll_interval {
+            tasks.push(tokio::spawn(crate::lifecycle::poll(
+                Arc::clone(&models),
+                interval,
+                shutdown.subscribe(),
+            )));
+        }
         ready.store(true, Ordering::Release);
         grpc::set_serving(&grpc_health, true).await;
         tracing::info!(
@@ -159,6 +172,8 @@ async fn serve_until_drained(
     drain: Duration,
 ) {
     let mut stop = shutdown.clone();
+    // The peer address is how a mutation without a configured token is limited to loopback.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     });

@@ -94,6 +94,15 @@ impl TestServer {
         self.post(path, serde_json::to_vec(body).unwrap()).await
     }
 
+    /// A mutating admin call, with or without a bearer token.
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        decode(request.send().await.expect("POST")).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown();
@@ -116,6 +125,27 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
+}
+
+/// A scratch model repository holding copies of the given `(model, version)` folders from
+/// `source`; dropped with the returned guard.
+pub fn scratch_repo(source: &Path, versions: &[(&str, u64)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, version) in versions {
+        copy_version(source, dir.path(), model, *version, *version);
+    }
+    dir
+}
+
+/// Copies `<source>/<model>/<from>/model.onnx` to `<repo>/<model>/<to>/model.onnx`.
+pub fn copy_version(source: &Path, repo: &Path, model: &str, from: u64, to: u64) {
+    let target = repo.join(model).join(to.to_string());
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::copy(
+        source.join(model).join(from.to_string()).join("model.onnx"),
+        target.join("model.onnx"),
+    )
+    .unwrap();
 }
 
 pub fn read_json(path: &Path) -> Value {

@@ -1,0 +1,185 @@
+//! Model control over HTTP: Triton's repository API (`/v2/repository/...`) and sluice's own
+//! admin API (`/admin/v1/...`). Reads are open; every mutation goes through [`AdminAuth`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use super::http::{HttpState, json_ok, read_body};
+use crate::error::{ServeError, ServeResult};
+use crate::lifecycle::{IndexEntry, ModelState};
+use crate::repository::LoadedVersion;
+use crate::routing::ModelRoutes;
+use crate::tensor::TensorSpec;
+
+type AppState = State<Arc<HttpState>>;
+
+pub fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/admin/v1/models", get(list_models))
+        .route("/admin/v1/models/{model}", get(show_model))
+}
+
+/// Triton's index entry: versions are strings, absent when nothing is loaded.
+#[derive(Serialize)]
+struct TritonIndexEntry {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    state: ModelState,
+    reason: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct IndexRequest {
+    /// Only models that are ready (Triton's `ready` flag).
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(state): AppState, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let body = read_body(&state, &headers, body).await?;
+        let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            IndexRequest::default()
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ServeError::bad_request(format!("invalid index request: {e}")))?
+        };
+        let entries: Vec<TritonIndexEntry> = state
+            .models
+            .index()?
+            .into_iter()
+            .filter(|e: &IndexEntry| !request.ready || e.state == ModelState::Ready)
+            .map(|e| TritonIndexEntry {
+                name: e.name,
+                version: e.version.map(|v| v.to_string()),
+                state: e.state,
+                reason: e.reason,
+            })
+            .collect();
+        Ok::<_, ServeError>(json_ok(&entries))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn load(
+    State(state): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let actor = state.auth.authorize(&headers, peer)?;
+        let report = state.models.load(&model, &actor).await?;
+        Ok::<_, ServeError>(json_ok(&report))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn unload(
+    State(state): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let actor = state.auth.authorize(&headers, peer)?;
+        state.models.unload(&model, &actor).await?;
+        Ok::<_, ServeError>(json_ok(
+            &serde_json::json!({ "model": model, "unloaded": true }),
+        ))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// One model as the admin API shows it.
+#[derive(Serialize)]
+struct ModelView<'a> {
+    name: &'a str,
+    state: ModelState,
+    /// The version answering requests without a version in the URL.
+    serving_version: Option<u64>,
+    /// Whether `serving_version` was set by a traffic policy (else: newest loaded).
+    primary_pinned: bool,
+    versions: Vec<VersionView<'a>>,
+    /// The last failed load of this model, if the failure is the latest news about it.
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VersionView<'a> {
+    version: u64,
+    runtime: &'static str,
+    loaded_at: String,
+    /// Requests waiting for a worker right now.
+    queued: usize,
+    inputs: &'a [TensorSpec],
+    outputs: &'a [TensorSpec],
+}
+
+fn version_view(v: &LoadedVersion) -> VersionView<'_> {
+    VersionView {
+        version: v.version,
+        runtime: v.runtime.as_str(),
+        loaded_at: humantime::format_rfc3339_seconds(v.loaded_at).to_string(),
+        queued: v.runner.queued(),
+        inputs: &v.signature.inputs,
+        outputs: &v.signature.outputs,
+    }
+}
+
+fn model_view<'a>(
+    name: &'a str,
+    routes: Option<&'a ModelRoutes>,
+    error: Option<String>,
+) -> ModelView<'a> {
+    let serving = routes.and_then(|r| r.primary_version()).map(|v| v.version);
+    ModelView {
+        name,
+        state: if serving.is_some() {
+            ModelState::Ready
+        } else {
+            ModelState::Unavailable
+        },
+        serving_version: serving,
+        primary_pinned: routes.is_some_and(|r| r.primary.is_some()),
+        versions: routes
+            .map(|r| r.versions.values().rev().map(|v| version_view(v)).collect())
+            .unwrap_or_default(),
+        last_error: error,
+    }
+}
+
+async fn list_models(State(state): AppState) -> Response {
+    let snapshot = state.models.router().snapshot();
+    let failures = state.models.failures();
+    let mut names: Vec<&String> = snapshot.models.keys().chain(failures.keys()).collect();
+    names.sort();
+    names.dedup();
+    let views: Vec<ModelView<'_>> = names
+        .into_iter()
+        .map(|name| model_view(name, snapshot.models.get(name), failures.get(name).cloned()))
+        .collect();
+    json_ok(&serde_json::json!({ "models": views }))
+}
+
+async fn show_model(State(state): AppState, Path(model): Path<String>) -> Response {
+    let snapshot = state.models.router().snapshot();
+    let failure = state.models.failures().remove(&model);
+    let found: ServeResult<Response> = match (snapshot.models.get(&model), failure) {
+        (None, None) => Err(ServeError::unknown_model(&model)),
+        (routes, failure) => Ok(json_ok(&model_view(&model, routes, failure))),
+    };
+    found.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,120 @@
+//! Who may change the server: a bearer token compared in constant time, or, when no token is
+//! configured, loopback clients only.
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
+
+use crate::config::AdminConfig;
+use crate::error::{ErrorKind, ServeError};
+use crate::lifecycle::Actor;
+
+#[derive(Clone)]
+pub struct AdminAuth {
+    token: Option<String>,
+}
+
+impl AdminAuth {
+    /// The token from `SLUICE_ADMIN_TOKEN`, else `admin.token`, else the first line of
+    /// `admin.token_file`.
+    pub fn from_config(config: &AdminConfig) -> std::io::Result<AdminAuth> {
+        let from_env = std::env::var("SLUICE_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let from_file = match &config.token_file {
+            Some(path) => std::fs::read_to_string(path)?
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            None => None,
+        };
+        let token = from_env.or_else(|| config.token.clone()).or(from_file);
+        if token.is_none() {
+            tracing::warn!(
+                "no admin token configured: model and traffic changes are accepted from \
+                 loopback clients only (set SLUICE_ADMIN_TOKEN or admin.token)"
+            );
+        }
+        Ok(AdminAuth { token })
+    }
+
+    pub fn with_token(token: Option<String>) -> AdminAuth {
+        AdminAuth { token }
+    }
+
+    /// Allows or refuses a mutating call: 401 without credentials, 403 with wrong ones (or, with
+    /// no token configured, from a non-loopback peer).
+    pub fn authorize(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Actor, ServeError> {
+        let Some(expected) = &self.token else {
+            return if peer.ip().is_loopback() {
+                Ok(Actor(format!("loopback client {peer}")))
+            } else {
+                Err(ServeError::new(
+                    ErrorKind::Forbidden,
+                    "no admin token is configured, so changes are accepted from loopback only",
+                ))
+            };
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ServeError::new(
+                    ErrorKind::Unauthorized,
+                    "this call changes the server: send Authorization: Bearer <admin token>",
+                )
+            })?;
+        if bool::from(presented.trim().as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(Actor(format!("token holder at {peer}")))
+        } else {
+            Err(ServeError::new(ErrorKind::Forbidden, "wrong admin token"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn token_rules() {
+        let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let auth = AdminAuth::with_token(Some("s3cret".into()));
+        assert!(
+            auth.authorize(&headers(Some("Bearer s3cret")), remote)
+                .is_ok()
+        );
+        let kind = |r: Result<Actor, ServeError>| r.unwrap_err().kind;
+        assert_eq!(
+            kind(auth.authorize(&headers(None), local)),
+            ErrorKind::Unauthorized
+        );
+        assert_eq!(
+            kind(auth.authorize(&headers(Some("Bearer nope")), local)),
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            kind(auth.authorize(&headers(Some("Basic s3cret")), local)),
+            ErrorKind::Unauthorized
+        );
+
+        let open = AdminAuth::with_token(None);
+        assert!(open.authorize(&headers(None), local).is_ok());
+        assert_eq!(
+            kind(open.authorize(&headers(None), remote)),
+            ErrorKind::Forbidden
+        );
+    }
+}
