@@ -19,6 +19,27 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Who may change models and traffic.
     pub admin: AdminConfig,
+    /// Shadow runs' budget.
+    pub traffic: TrafficConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrafficConfig {
+    /// Shadow copies that may run at once, across all models. Small on purpose: shadows must
+    /// never take the CPU that answers clients.
+    pub shadow_workers: usize,
+    /// Shadow copies that may wait; beyond it copies are dropped and counted.
+    pub shadow_queue: usize,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            shadow_workers: 1,
+            shadow_queue: 256,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -253,6 +274,12 @@ impl Config {
         }
         if r.queue_capacity == 0 {
             problems.push("runtime.queue_capacity must be at least 1".into());
+        }
+        if self.traffic.shadow_workers == 0 {
+            problems.push("traffic.shadow_workers must be at least 1".into());
+        }
+        if self.traffic.shadow_queue == 0 {
+            problems.push("traffic.shadow_queue must be at least 1".into());
         }
         if r.ort_intra_threads == 0 {
             problems.push("runtime.ort_intra_threads must be at least 1".into());

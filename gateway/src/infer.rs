@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::error::{ServeError, ServeResult};
 use crate::monitor::metrics::{self, InferenceEvent, Protocol};
 use crate::repository::LoadedVersion;
-use crate::routing::Router;
+use crate::routing::shadow::{ShadowJob, Shadower};
+use crate::routing::{Route, Router, Variant};
 use crate::tensor::{ModelSignature, Tensor};
 
 /// A decoded inference request, whatever protocol it came in on.
@@ -24,6 +25,44 @@ pub struct InferRequest {
     pub outputs: Option<Vec<String>>,
     /// The wire protocol, for metrics.
     pub protocol: Protocol,
+    /// Where a sticky traffic split finds its key.
+    pub keys: RequestKeys,
+}
+
+/// Headers and string request parameters, looked up by the policy's sticky key name.
+#[derive(Debug, Default)]
+pub struct RequestKeys {
+    pub headers: http::HeaderMap,
+    pub parameters: Vec<(String, String)>,
+}
+
+impl RequestKeys {
+    /// The string-valued entries of a v2 `parameters` object.
+    pub fn from_json_parameters(
+        parameters: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> RequestKeys {
+        RequestKeys {
+            headers: http::HeaderMap::new(),
+            parameters: parameters
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+        }
+    }
+
+    /// The header of that name, else the request parameter of that name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                self.parameters
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            })
+    }
 }
 
 /// The answer, ready for a protocol to encode.
@@ -31,6 +70,8 @@ pub struct InferRequest {
 pub struct InferResponse {
     pub model: String,
     pub version: u64,
+    /// Which side of the traffic split answered.
+    pub variant: Variant,
     pub id: Option<String>,
     pub outputs: Vec<Tensor>,
 }
@@ -39,14 +80,21 @@ pub struct InferResponse {
 pub struct Inference {
     router: Arc<Router>,
     request_timeout: Duration,
+    shadow: Shadower,
 }
 
 impl Inference {
-    pub fn new(router: Arc<Router>, request_timeout: Duration) -> Inference {
+    pub fn new(router: Arc<Router>, request_timeout: Duration, shadow: Shadower) -> Inference {
         Inference {
             router,
             request_timeout,
+            shadow,
         }
+    }
+
+    /// Shadow comparison totals.
+    pub fn shadow(&self) -> &Shadower {
+        &self.shadow
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -59,15 +107,51 @@ impl Inference {
         self.router.resolve(model, version)
     }
 
+    /// Routes the request (URL version, else the traffic policy), runs it, and hands a
+    /// sampled copy to the shadow once the answer is ready.
     pub async fn infer(&self, request: InferRequest) -> ServeResult<InferResponse> {
-        let target = self.resolve(&request.model, request.version.as_deref())?;
-        self.infer_on(target, request).await
+        let route = self.route(&request.model, request.version.as_deref(), &request.keys)?;
+        self.infer_routed(route, request).await
+    }
+
+    /// Where a request would go, for decoders that need the target's signature first (V1 has
+    /// no datatypes); pass the result to [`Inference::infer_routed`].
+    pub fn route(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        keys: &RequestKeys,
+    ) -> ServeResult<Route> {
+        self.router.route(model, version, |key| keys.get(key))
+    }
+
+    pub async fn infer_routed(
+        &self,
+        route: Route,
+        request: InferRequest,
+    ) -> ServeResult<InferResponse> {
+        let Some(shadow) = route.shadow else {
+            return self.infer_on(route.target, route.variant, request).await;
+        };
+        // Only sampled requests pay for the copy of their inputs.
+        let inputs = request.inputs.clone();
+        let protocol = request.protocol;
+        let response = self.infer_on(route.target, route.variant, request).await?;
+        self.shadow.submit(ShadowJob {
+            target: shadow,
+            primary_version: response.version,
+            inputs,
+            primary_outputs: response.outputs.clone(),
+            protocol,
+        });
+        Ok(response)
     }
 
     /// Runs the request on an already resolved version.
     pub async fn infer_on(
         &self,
         target: Arc<LoadedVersion>,
+        variant: Variant,
         request: InferRequest,
     ) -> ServeResult<InferResponse> {
         let started = Instant::now();
@@ -78,7 +162,7 @@ impl Inference {
             .copied()
             .unwrap_or(1);
         let protocol = request.protocol;
-        let result = self.run(&target, request, started).await;
+        let result = self.run(&target, variant, request, started).await;
         let timings = result
             .as_ref()
             .ok()
@@ -86,6 +170,7 @@ impl Inference {
         metrics::record_inference(&InferenceEvent {
             model: &target.model,
             version: target.version,
+            variant,
             protocol,
             outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),
             total: started.elapsed(),
@@ -99,6 +184,7 @@ impl Inference {
     async fn run(
         &self,
         target: &LoadedVersion,
+        variant: Variant,
         request: InferRequest,
         started: Instant,
     ) -> ServeResult<(InferResponse, crate::runtime::RunOutput)> {
@@ -116,6 +202,7 @@ impl Inference {
         let response = InferResponse {
             model: target.model.clone(),
             version: target.version,
+            variant,
             id: request.id,
             outputs,
         };

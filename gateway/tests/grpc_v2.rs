@@ -259,3 +259,67 @@ async fn health_follows_readiness_and_shutdown() {
         "the gRPC port still accepts connections after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_calls_need_the_admin_token() {
+    let mut config = test_config(&bench_repo(), RuntimeChoice::Tract);
+    config.admin.token = Some("s3cret".into());
+    let server = TestServer::start(config).await;
+    let mut grpc = client(&server).await;
+    let unload = |token: Option<&str>| {
+        let mut request = tonic::Request::new(proto::RepositoryModelUnloadRequest {
+            model_name: "mlp".into(),
+            ..Default::default()
+        });
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    let status = grpc
+        .repository_model_unload(unload(None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = grpc
+        .repository_model_unload(unload(Some("guess")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "wrong admin token");
+
+    grpc.repository_model_unload(unload(Some("s3cret")))
+        .await
+        .expect("unload with the token");
+    let ready = |name: &str| proto::ModelReadyRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    assert!(
+        !grpc
+            .model_ready(ready("mlp"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+
+    let mut load = tonic::Request::new(proto::RepositoryModelLoadRequest {
+        model_name: "mlp".into(),
+        ..Default::default()
+    });
+    load.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    grpc.repository_model_load(load)
+        .await
+        .expect("load with the token");
+    assert!(
+        grpc.model_ready(ready("mlp"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    server.stop().await;
+}

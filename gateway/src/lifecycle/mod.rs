@@ -187,16 +187,18 @@ impl ModelManager {
         let name = model.to_string();
         self.router.update(|snapshot| {
             let mut next = snapshot.clone();
-            let primary = snapshot
+            // The traffic policy survives a reload, less what names versions now gone.
+            let mut traffic = snapshot
                 .models
                 .get(&name)
-                .and_then(|r| r.primary)
-                .filter(|p| versions.contains_key(p));
+                .map(|r| r.traffic.clone())
+                .unwrap_or_default();
+            traffic.retain_loaded(|v| versions.contains_key(&v));
             next.models.insert(
                 name.clone(),
                 ModelRoutes {
                     versions: versions.clone(),
-                    primary,
+                    traffic,
                 },
             );
             next

@@ -12,7 +12,8 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorKind;
-use crate::routing::Snapshot;
+use crate::routing::compare::Comparison;
+use crate::routing::{Snapshot, Variant};
 
 pub const REQUESTS: &str = "sluice_requests_total";
 pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
@@ -21,12 +22,21 @@ pub const INFERENCE_DURATION: &str = "sluice_inference_duration_seconds";
 pub const BATCH_ROWS: &str = "sluice_request_rows";
 pub const LOADED_VERSIONS: &str = "sluice_model_versions_loaded";
 pub const ALIVE_VERSIONS: &str = "sluice_model_versions_alive";
+pub const CANARY_WEIGHT: &str = "sluice_canary_weight_percent";
+pub const SHADOW_SAMPLE_RATE: &str = "sluice_shadow_sample_rate";
+pub const SHADOW_DROPPED: &str = "sluice_shadow_dropped_total";
+pub const SHADOW_ROWS: &str = "sluice_shadow_label_rows_total";
+pub const SHADOW_AGREEING_ROWS: &str = "sluice_shadow_label_rows_agreeing_total";
+pub const SHADOW_MAX_ABS_DIFF: &str = "sluice_shadow_max_abs_diff";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
+];
+const DIFF_BUCKETS: &[f64] = &[
+    1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 const ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
@@ -62,6 +72,12 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), ROW_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(SHADOW_MAX_ABS_DIFF.into()),
+                        DIFF_BUCKETS,
+                    )
                 });
             let handle = match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,
@@ -102,6 +118,36 @@ fn describe() {
     describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per inference request");
     describe_gauge!(LOADED_VERSIONS, Unit::Count, "Versions loaded per model");
     describe_gauge!(
+        CANARY_WEIGHT,
+        Unit::Percent,
+        "Share of unversioned requests sent to the canary"
+    );
+    describe_gauge!(
+        SHADOW_SAMPLE_RATE,
+        Unit::Count,
+        "Fraction of answered requests copied to the shadow"
+    );
+    describe_counter!(
+        SHADOW_DROPPED,
+        Unit::Count,
+        "Shadow copies dropped because the shadow queue was full"
+    );
+    describe_counter!(
+        SHADOW_ROWS,
+        Unit::Count,
+        "Label rows compared between shadow and primary"
+    );
+    describe_counter!(
+        SHADOW_AGREEING_ROWS,
+        Unit::Count,
+        "Label rows on which shadow and primary agreed"
+    );
+    describe_histogram!(
+        SHADOW_MAX_ABS_DIFF,
+        Unit::Count,
+        "Largest absolute difference between shadow and primary float outputs, per request"
+    );
+    describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
         "Model versions in memory (loaded, or swapped out with requests still in flight)"
@@ -112,6 +158,7 @@ fn describe() {
 pub struct InferenceEvent<'a> {
     pub model: &'a str,
     pub version: u64,
+    pub variant: Variant,
     pub protocol: Protocol,
     pub outcome: Result<(), ErrorKind>,
     pub total: Duration,
@@ -124,13 +171,14 @@ pub fn record_inference(event: &InferenceEvent<'_>) {
     let model = event.model.to_string();
     let version = event.version.to_string();
     let protocol = event.protocol.as_str();
+    let variant = event.variant.as_str();
     let outcome = match event.outcome {
         Ok(()) => "ok",
         Err(kind) => kind.as_str(),
     };
-    counter!(REQUESTS, "model" => model.clone(), "version" => version.clone(), "protocol" => protocol, "outcome" => outcome)
+    counter!(REQUESTS, "model" => model.clone(), "version" => version.clone(), "variant" => variant, "protocol" => protocol, "outcome" => outcome)
         .increment(1);
-    histogram!(REQUEST_DURATION, "model" => model.clone(), "version" => version.clone(), "protocol" => protocol)
+    histogram!(REQUEST_DURATION, "model" => model.clone(), "version" => version.clone(), "variant" => variant, "protocol" => protocol)
         .record(event.total.as_secs_f64());
     if let Some(queue) = event.queue {
         histogram!(QUEUE_DURATION, "model" => model.clone(), "version" => version.clone())
@@ -141,6 +189,25 @@ pub fn record_inference(event: &InferenceEvent<'_>) {
             .record(compute.as_secs_f64());
     }
     histogram!(BATCH_ROWS, "model" => model, "version" => version).record(event.rows as f64);
+}
+
+pub fn record_shadow_dropped(model: &str, version: u64) {
+    counter!(SHADOW_DROPPED, "model" => model.to_string(), "version" => version.to_string())
+        .increment(1);
+}
+
+pub fn record_shadow_comparison(model: &str, version: u64, c: &Comparison) {
+    let (model, version) = (model.to_string(), version.to_string());
+    if c.label_rows > 0 {
+        counter!(SHADOW_ROWS, "model" => model.clone(), "version" => version.clone())
+            .increment(c.label_rows);
+        counter!(SHADOW_AGREEING_ROWS, "model" => model.clone(), "version" => version.clone())
+            .increment(c.agreeing_rows);
+    }
+    if c.values > 0 {
+        histogram!(SHADOW_MAX_ABS_DIFF, "model" => model, "version" => version)
+            .record(c.max_abs_diff);
+    }
 }
 
 pub fn record_version_built() {
@@ -161,6 +228,13 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
         gauge!(LOADED_VERSIONS, "model" => name.clone()).set(0.0);
     }
     for (name, routes) in &next.models {
+        let weight = routes
+            .traffic
+            .canary
+            .map(|(_, points)| points as f64 / 100.0);
+        gauge!(CANARY_WEIGHT, "model" => name.clone()).set(weight.unwrap_or(0.0));
+        let rate = routes.traffic.shadow.map(|(_, rate)| rate);
+        gauge!(SHADOW_SAMPLE_RATE, "model" => name.clone()).set(rate.unwrap_or(0.0));
         gauge!(LOADED_VERSIONS, "model" => name.clone()).set(routes.versions.len() as f64);
     }
 }

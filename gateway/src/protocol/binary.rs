@@ -89,6 +89,7 @@ pub fn decode_request(
     };
     let parsed = v2::parse_request(json)?;
     let outputs = output_encoding(&parsed)?;
+    let keys = crate::infer::RequestKeys::from_json_parameters(parsed.parameters.as_ref());
     let V2Request {
         id,
         inputs: raw_inputs,
@@ -125,6 +126,7 @@ pub fn decode_request(
         inputs,
         outputs: requested.map(|outputs| outputs.into_iter().map(|o| o.name).collect()),
         protocol,
+        keys,
     };
     Ok((request, outputs))
 }
@@ -447,6 +449,7 @@ mod tests {
         let response = InferResponse {
             model: "m".into(),
             version: 2,
+            variant: crate::routing::Variant::Primary,
             id: Some("r".into()),
             outputs: vec![
                 Tensor::new("label", vec![2], TensorData::I64(vec![1, 0])).unwrap(),

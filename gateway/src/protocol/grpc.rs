@@ -70,6 +70,7 @@ pub fn decode_request(request: ModelInferRequest) -> ServeResult<InferRequest> {
         inputs,
         outputs,
         protocol: Protocol::Grpc,
+        keys: Default::default(),
     })
 }
 
@@ -345,6 +346,7 @@ mod tests {
         let encoded = encode_response(InferResponse {
             model: "m".into(),
             version: 3,
+            variant: crate::routing::Variant::Primary,
             id: Some("r1".into()),
             outputs: vec![Tensor::new("y", vec![1, 2], TensorData::I64(vec![1, 2])).unwrap()],
         });

@@ -111,6 +111,7 @@ impl V2Request {
                 .outputs
                 .map(|outputs| outputs.into_iter().map(|o| o.name).collect()),
             protocol: crate::monitor::metrics::Protocol::V2Json,
+            keys: crate::infer::RequestKeys::from_json_parameters(self.parameters.as_ref()),
         })
     }
 }
@@ -258,6 +259,7 @@ mod tests {
         let response = InferResponse {
             model: "m".into(),
             version: 3,
+            variant: crate::routing::Variant::Primary,
             id: None,
             outputs: vec![
                 Tensor::new("s", vec![1], TensorData::Bytes(vec![b"hi".to_vec()])).unwrap(),

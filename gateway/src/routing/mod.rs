@@ -3,10 +3,16 @@
 //! stores it, so readers never see half an update, and a request keeps the version it resolved
 //! (an `Arc`) until it ends, whatever is published meanwhile.
 
+pub mod compare;
+pub mod shadow;
+pub mod traffic;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+pub use traffic::{Traffic, TrafficPolicy, Variant};
 
 use crate::error::{ServeError, ServeResult};
 use crate::repository::LoadedVersion;
@@ -17,18 +23,26 @@ pub struct Snapshot {
     pub models: BTreeMap<String, ModelRoutes>,
 }
 
-/// One model's loaded versions and which of them answers unversioned requests.
+/// One model's loaded versions and its traffic policy.
 #[derive(Clone, Debug, Default)]
 pub struct ModelRoutes {
     pub versions: BTreeMap<u64, Arc<LoadedVersion>>,
-    /// The version that answers requests without a version; `None` means the newest loaded.
-    pub primary: Option<u64>,
+    /// Primary (unset: the newest loaded), canary share and shadow sample.
+    pub traffic: Traffic,
+}
+
+/// Where one request goes.
+pub struct Route {
+    pub target: Arc<LoadedVersion>,
+    pub variant: Variant,
+    /// The version that gets a copy of this request after it is answered.
+    pub shadow: Option<Arc<LoadedVersion>>,
 }
 
 impl ModelRoutes {
-    /// The version answering unversioned requests.
+    /// The version answering unversioned requests outside the canary share.
     pub fn primary_version(&self) -> Option<&Arc<LoadedVersion>> {
-        match self.primary {
+        match self.traffic.primary {
             Some(v) => self.versions.get(&v),
             None => self.versions.values().next_back(),
         }
@@ -40,6 +54,47 @@ impl ModelRoutes {
 }
 
 impl Snapshot {
+    /// Routes a request: a version named in the URL wins; otherwise the traffic policy picks
+    /// primary or canary (by `key` when the policy is sticky), and maybe a shadow.
+    pub fn route<'k>(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        key: impl FnOnce(&str) -> Option<&'k str>,
+    ) -> ServeResult<Route> {
+        if version.is_some() {
+            let target = self.resolve(model, version)?;
+            return Ok(Route {
+                target,
+                variant: Variant::Direct,
+                shadow: None,
+            });
+        }
+        let routes = self
+            .models
+            .get(model)
+            .ok_or_else(|| ServeError::unknown_model(model))?;
+        let traffic = &routes.traffic;
+        let key = traffic.sticky_key.as_deref().and_then(key);
+        let canary = traffic
+            .picks_canary(key)
+            .then(|| traffic.canary.and_then(|(v, _)| routes.versions.get(&v)))
+            .flatten();
+        let (target, variant) = match canary {
+            Some(canary) => (Arc::clone(canary), Variant::Canary),
+            None => (self.resolve(model, None)?, Variant::Primary),
+        };
+        let shadow = traffic
+            .samples_shadow()
+            .and_then(|v| routes.versions.get(&v))
+            .cloned();
+        Ok(Route {
+            target,
+            variant,
+            shadow,
+        })
+    }
+
     /// The version a request for `model` (and optionally an explicit `version` from the URL)
     /// is served by.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> ServeResult<Arc<LoadedVersion>> {
@@ -92,9 +147,35 @@ impl Router {
         self.current.load_full()
     }
 
+    /// Routes a request against the snapshot in force, without taking any lock.
+    pub fn route<'k>(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        key: impl FnOnce(&str) -> Option<&'k str>,
+    ) -> ServeResult<Route> {
+        self.current.load().route(model, version, key)
+    }
+
     /// Resolves a request against the snapshot in force, without taking any lock.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> ServeResult<Arc<LoadedVersion>> {
         self.current.load().resolve(model, version)
+    }
+
+    /// Like [`Router::update`], but `change` may refuse; then nothing is stored.
+    pub fn try_update<E>(
+        &self,
+        mut change: impl FnMut(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<(), E> {
+        loop {
+            let current = self.current.load_full();
+            let next = Arc::new(change(&current)?);
+            let previous = self.current.compare_and_swap(&current, next);
+            if Arc::ptr_eq(&previous, &current) {
+                crate::monitor::metrics::record_snapshot(&current, &self.current.load());
+                return Ok(());
+            }
+        }
     }
 
     /// Publishes a change atomically: `change` gets the current snapshot and returns the next.

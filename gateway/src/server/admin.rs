@@ -16,7 +16,8 @@ use super::http::{HttpState, json_ok, read_body};
 use crate::error::{ServeError, ServeResult};
 use crate::lifecycle::{IndexEntry, ModelState};
 use crate::repository::LoadedVersion;
-use crate::routing::ModelRoutes;
+use crate::routing::compare::ShadowSummary;
+use crate::routing::{ModelRoutes, TrafficPolicy};
 use crate::tensor::TensorSpec;
 
 type AppState = State<Arc<HttpState>>;
@@ -28,6 +29,10 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/admin/v1/models", get(list_models))
         .route("/admin/v1/models/{model}", get(show_model))
+        .route(
+            "/admin/v1/models/{model}/traffic",
+            get(show_traffic).put(set_traffic),
+        )
 }
 
 /// Triton's index entry: versions are strings, absent when nothing is loaded.
@@ -115,6 +120,17 @@ struct ModelView<'a> {
     versions: Vec<VersionView<'a>>,
     /// The last failed load of this model, if the failure is the latest news about it.
     last_error: Option<String>,
+    /// The traffic policy in force.
+    traffic: TrafficPolicy,
+    /// Shadow comparisons so far, per shadow version.
+    shadow: Vec<ShadowView>,
+}
+
+#[derive(Serialize)]
+struct ShadowView {
+    version: u64,
+    #[serde(flatten)]
+    summary: ShadowSummary,
 }
 
 #[derive(Serialize)]
@@ -140,6 +156,7 @@ fn version_view(v: &LoadedVersion) -> VersionView<'_> {
 }
 
 fn model_view<'a>(
+    state: &HttpState,
     name: &'a str,
     routes: Option<&'a ModelRoutes>,
     error: Option<String>,
@@ -153,11 +170,19 @@ fn model_view<'a>(
             ModelState::Unavailable
         },
         serving_version: serving,
-        primary_pinned: routes.is_some_and(|r| r.primary.is_some()),
+        primary_pinned: routes.is_some_and(|r| r.traffic.primary.is_some()),
         versions: routes
             .map(|r| r.versions.values().rev().map(|v| version_view(v)).collect())
             .unwrap_or_default(),
         last_error: error,
+        traffic: routes.map(|r| r.traffic.to_policy()).unwrap_or_default(),
+        shadow: state
+            .inference
+            .shadow()
+            .summaries(name)
+            .into_iter()
+            .map(|(version, summary)| ShadowView { version, summary })
+            .collect(),
     }
 }
 
@@ -169,7 +194,14 @@ async fn list_models(State(state): AppState) -> Response {
     names.dedup();
     let views: Vec<ModelView<'_>> = names
         .into_iter()
-        .map(|name| model_view(name, snapshot.models.get(name), failures.get(name).cloned()))
+        .map(|name| {
+            model_view(
+                &state,
+                name,
+                snapshot.models.get(name),
+                failures.get(name).cloned(),
+            )
+        })
         .collect();
     json_ok(&serde_json::json!({ "models": views }))
 }
@@ -179,7 +211,57 @@ async fn show_model(State(state): AppState, Path(model): Path<String>) -> Respon
     let failure = state.models.failures().remove(&model);
     let found: ServeResult<Response> = match (snapshot.models.get(&model), failure) {
         (None, None) => Err(ServeError::unknown_model(&model)),
-        (routes, failure) => Ok(json_ok(&model_view(&model, routes, failure))),
+        (routes, failure) => Ok(json_ok(&model_view(&state, &model, routes, failure))),
     };
     found.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn show_traffic(State(state): AppState, Path(model): Path<String>) -> Response {
+    let snapshot = state.models.router().snapshot();
+    match snapshot.models.get(&model) {
+        Some(routes) => json_ok(&routes.traffic.to_policy()),
+        None => ServeError::unknown_model(&model).into_response(),
+    }
+}
+
+/// Replaces the model's traffic policy as a whole, validated against the versions loaded at
+/// the moment it is stored; a refused policy changes nothing and every problem is named.
+async fn set_traffic(
+    State(state): AppState,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let run = async {
+        let actor = state.auth.authorize(&headers, peer)?;
+        let body = read_body(&state, &headers, body).await?;
+        let policy: TrafficPolicy = serde_json::from_slice(&body)
+            .map_err(|e| ServeError::bad_request(format!("invalid traffic policy: {e}")))?;
+        let mut applied = None;
+        state.models.router().try_update(|snapshot| {
+            let routes = snapshot
+                .models
+                .get(&model)
+                .ok_or_else(|| ServeError::unknown_model(&model))?;
+            let traffic = policy.validate(routes).map_err(|problems| {
+                ServeError::bad_request(format!("invalid traffic policy: {}", problems.join("; ")))
+            })?;
+            let mut next = snapshot.clone();
+            if let Some(routes) = next.models.get_mut(&model) {
+                routes.traffic = traffic.clone();
+            }
+            applied = Some(traffic);
+            Ok::<_, ServeError>(next)
+        })?;
+        let in_force = applied.map(|t| t.to_policy()).unwrap_or_default();
+        tracing::info!(
+            model = %model,
+            %actor,
+            policy = %serde_json::to_string(&in_force).unwrap_or_default(),
+            "traffic policy changed"
+        );
+        Ok::<_, ServeError>(json_ok(&in_force))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }

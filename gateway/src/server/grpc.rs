@@ -46,17 +46,20 @@ pub struct GrpcListener {
 }
 
 impl GrpcListener {
-    pub fn new(state: GrpcState) -> GrpcListener {
+    /// Builds the services; health checks answer NOT_SERVING until [`set_serving`] says
+    /// otherwise (set here, before anything can race the start-up's call).
+    pub async fn new(state: GrpcState) -> GrpcListener {
         let max = state.max_message_size;
-        let inference = GrpcInferenceServiceServer::new(InferenceService(state))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX);
+        // tonic refuses messages over 4 MiB by default; the limit is the HTTP body limit.
+        let inference =
+            GrpcInferenceServiceServer::new(InferenceService(state)).max_decoding_message_size(max);
         let (health, health_service) = tonic_health::server::health_reporter();
+        set_serving(&health, false).await;
         let routes = tonic::service::Routes::new(inference).add_service(health_service);
         GrpcListener { routes, health }
     }
 
-    /// The health reporter: health checks say NOT_SERVING until [`set_serving`] is called.
+    /// The health reporter, for [`set_serving`].
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
     }
@@ -69,7 +72,6 @@ impl GrpcListener {
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        set_serving(&self.health, false).await;
         let mut stop = shutdown.clone();
         let health = self.health.clone();
         // gRPC calls are small request/response pairs on long-lived connections: without

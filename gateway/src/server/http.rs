@@ -20,6 +20,8 @@ use crate::protocol::{binary, v1, v2};
 
 /// Response header naming the version that answered.
 pub const MODEL_VERSION_HEADER: &str = "sluice-model-version";
+/// Response header naming the side of the traffic split that answered.
+pub const VARIANT_HEADER: &str = "sluice-variant";
 
 /// What every handler shares.
 pub struct HttpState {
@@ -199,7 +201,7 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_v2(&state, model, None, &headers, body)
+    run_v2(&state, model, None, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -210,7 +212,7 @@ async fn infer_version(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_v2(&state, model, Some(version), &headers, body)
+    run_v2(&state, model, Some(version), headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -219,13 +221,14 @@ async fn run_v2(
     state: &HttpState,
     model: String,
     version: Option<String>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Body,
 ) -> ServeResult<Response> {
-    let body = read_body(state, headers, body).await?;
+    let body = read_body(state, &headers, body).await?;
     // Plain v2 JSON and Triton's binary tensor framing share one decoder and one encoder.
-    let (request, encoding) =
-        binary::decode_request(&body, binary::header_length(headers)?, model, version)?;
+    let (mut request, encoding) =
+        binary::decode_request(&body, binary::header_length(&headers)?, model, version)?;
+    request.keys.headers = headers;
     let response = state.inference.infer(request).await?;
     let encoded = binary::encode_response(&response, &encoding);
     let mut http = json_response(StatusCode::OK, encoded.body);
@@ -235,9 +238,18 @@ async fn run_v2(
         http.headers_mut()
             .insert(binary::HEADER_LENGTH, HeaderValue::from(length));
     }
-    http.headers_mut()
-        .insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
+    stamp_version(&mut http, &response);
     Ok(http)
+}
+
+/// Says which version and which side of the traffic split answered.
+fn stamp_version(http: &mut Response, response: &crate::infer::InferResponse) {
+    let headers = http.headers_mut();
+    headers.insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
+    headers.insert(
+        VARIANT_HEADER,
+        HeaderValue::from_static(response.variant.as_str()),
+    );
 }
 
 /// `{m}:predict` or `{m}/versions/{v}:predict`.
@@ -260,20 +272,24 @@ async fn v1_predict(
     let run = async {
         let (model, version) = parse_v1_target(&target)?;
         let body = read_body(&state, &headers, body).await?;
+        let keys = crate::infer::RequestKeys {
+            headers,
+            parameters: Vec::new(),
+        };
         // V1 has no datatypes: decode against the signature of the very version that runs it.
-        let target = state.inference.resolve(&model, version.as_deref())?;
-        let (inputs, format) = v1::decode(&body, &target.signature)?;
+        let route = state.inference.route(&model, version.as_deref(), &keys)?;
+        let (inputs, format) = v1::decode(&body, &route.target.signature)?;
         let request = crate::infer::InferRequest {
             model,
             version,
             inputs,
             protocol: crate::monitor::metrics::Protocol::V1,
+            keys,
             ..Default::default()
         };
-        let response = state.inference.infer_on(target, request).await?;
+        let response = state.inference.infer_routed(route, request).await?;
         let mut http = json_response(StatusCode::OK, v1::encode(format, &response.outputs));
-        http.headers_mut()
-            .insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
+        stamp_version(&mut http, &response);
         Ok::<_, ServeError>(http)
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

@@ -64,7 +64,16 @@ impl Server {
         let router = Arc::new(Router::new(Snapshot::default()));
         let models = Arc::new(ModelManager::new(loader, Arc::clone(&router)));
         let ready = Arc::new(AtomicBool::new(false));
-        let inference = Arc::new(Inference::new(router, config.server.request_timeout));
+        let shadow = crate::routing::shadow::Shadower::start(
+            config.traffic.shadow_workers,
+            config.traffic.shadow_queue,
+            config.server.request_timeout,
+        );
+        let inference = Arc::new(Inference::new(
+            router,
+            config.server.request_timeout,
+            shadow,
+        ));
         let (shutdown, _) = watch::channel(false);
 
         let admin_auth =
@@ -75,7 +84,8 @@ impl Server {
             ready: Arc::clone(&ready),
             max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
             auth: admin_auth.clone(),
-        });
+        })
+        .await;
         let grpc_health = grpc.health();
         let app = http::routes(Arc::new(http::HttpState {
             inference,

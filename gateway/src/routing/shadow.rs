@@ -1,0 +1,131 @@
+//! Shadow runs: after a primary answer is ready, a sampled copy of the request runs on the
+//! shadow version through a bounded queue with its own small worker budget. A full queue drops
+//! the copy (counted); a shadow failure or slowness never reaches a client. Results are
+//! compared with the primary's answer and summed per model and shadow version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::compare::{ShadowSummary, compare};
+use super::traffic::Variant;
+use crate::infer::order_inputs;
+use crate::monitor::metrics::{self, InferenceEvent, Protocol};
+use crate::repository::LoadedVersion;
+use crate::tensor::Tensor;
+
+/// A copy of an answered request, for the shadow.
+pub struct ShadowJob {
+    pub target: Arc<LoadedVersion>,
+    pub primary_version: u64,
+    pub inputs: Vec<Tensor>,
+    /// The primary's answer (the outputs the client asked for).
+    pub primary_outputs: Vec<Tensor>,
+    pub protocol: Protocol,
+}
+
+type Totals = Arc<Mutex<HashMap<(String, u64), ShadowSummary>>>;
+
+/// The shadow queue and its workers.
+pub struct Shadower {
+    queue: mpsc::Sender<ShadowJob>,
+    totals: Totals,
+}
+
+impl Shadower {
+    /// Starts the dispatcher: at most `workers` shadow runs at once, `capacity` waiting.
+    pub fn start(workers: usize, capacity: usize, timeout: Duration) -> Shadower {
+        let (queue, mut jobs) = mpsc::channel::<ShadowJob>(capacity.max(1));
+        let totals: Totals = Arc::default();
+        let budget = Arc::new(Semaphore::new(workers.max(1)));
+        let worker_totals = Arc::clone(&totals);
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                let Ok(permit) = Arc::clone(&budget).acquire_owned().await else {
+                    return;
+                };
+                let totals = Arc::clone(&worker_totals);
+                tokio::spawn(async move {
+                    run(job, &totals, timeout).await;
+                    drop(permit);
+                });
+            }
+        });
+        Shadower { queue, totals }
+    }
+
+    /// Queues a copy without waiting; when the queue is full the copy is dropped and counted.
+    pub fn submit(&self, job: ShadowJob) {
+        if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
+            self.queue.try_send(job)
+        {
+            metrics::record_shadow_dropped(&job.target.model, job.target.version);
+            self.with_summary(&job, |s| s.dropped += 1);
+        }
+    }
+
+    /// Every shadow version's totals for `model`, by shadow version.
+    pub fn summaries(&self, model: &str) -> Vec<(u64, ShadowSummary)> {
+        let totals = self.totals.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut found: Vec<(u64, ShadowSummary)> = totals
+            .into_iter()
+            .filter(|((m, _), _)| m == model)
+            .map(|((_, v), s)| (v, s))
+            .collect();
+        found.sort_by_key(|(v, _)| *v);
+        found
+    }
+
+    fn with_summary(&self, job: &ShadowJob, change: impl FnOnce(&mut ShadowSummary)) {
+        update(&self.totals, job, change);
+    }
+}
+
+fn update(totals: &Totals, job: &ShadowJob, change: impl FnOnce(&mut ShadowSummary)) {
+    if let Ok(mut totals) = totals.lock() {
+        let summary = totals
+            .entry((job.target.model.clone(), job.target.version))
+            .or_default();
+        summary.primary_version = job.primary_version;
+        change(summary);
+    }
+}
+
+async fn run(job: ShadowJob, totals: &Totals, timeout: Duration) {
+    let started = Instant::now();
+    let target = &job.target;
+    let rows = job
+        .inputs
+        .first()
+        .and_then(|t| t.shape.first())
+        .copied()
+        .unwrap_or(1);
+    let result = match order_inputs(&target.signature, job.inputs.clone()) {
+        Ok(inputs) => target.runner.run(inputs, started + timeout).await,
+        Err(e) => Err(e),
+    };
+    metrics::record_inference(&InferenceEvent {
+        model: &target.model,
+        version: target.version,
+        variant: Variant::Shadow,
+        protocol: job.protocol,
+        outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),
+        total: started.elapsed(),
+        queue: result.as_ref().ok().map(|r| r.queue_wait),
+        compute: result.as_ref().ok().map(|r| r.compute),
+        rows,
+    });
+    match result {
+        Ok(run) => {
+            let comparison = compare(&job.primary_outputs, &run.outputs);
+            metrics::record_shadow_comparison(&target.model, target.version, &comparison);
+            update(totals, &job, |s| s.add(&comparison));
+        }
+        Err(error) => {
+            tracing::debug!(model = %target.model, version = target.version, %error, "shadow run failed");
+            update(totals, &job, |s| s.failed += 1);
+        }
+    }
+}
