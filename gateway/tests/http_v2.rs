@@ -356,12 +356,12 @@ async fn metrics_endpoint_counts_requests() {
     // Other tests in this process may serve digits too: at least our requests are counted.
     assert!(
         value(
-            r#"sluice_requests_total{model="digits",version="1",protocol="v2_json",outcome="ok"}"#
+            r#"sluice_requests_total{model="digits",version="1",variant="primary",protocol="v2_json",outcome="ok"}"#
         ) >= 3.0
     );
     assert!(
         value(
-            r#"sluice_requests_total{model="digits",version="1",protocol="v2_json",outcome="bad_request"}"#
+            r#"sluice_requests_total{model="digits",version="1",variant="primary",protocol="v2_json",outcome="bad_request"}"#
         ) >= 1.0
     );
     assert!(value(r#"sluice_request_rows_sum{model="digits",version="1"}"#) >= 12.0);

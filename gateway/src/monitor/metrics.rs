@@ -98,7 +98,7 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         Unit::Count,
-        "Inference requests by model, version, protocol and outcome (ok or the error kind)"
+        "Inference requests by model, version, variant, protocol and outcome (ok or the error kind)"
     );
     describe_histogram!(
         REQUEST_DURATION,
