@@ -51,6 +51,19 @@ impl ErrorKind {
         }
     }
 
+    /// Whether the failure is the server's (or the model's) rather than the request's: what
+    /// error rates compare between versions. A malformed request fails on any version.
+    pub fn is_server_side(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ModelFailure
+                | ErrorKind::Internal
+                | ErrorKind::Timeout
+                | ErrorKind::Overloaded
+                | ErrorKind::Unavailable
+        )
+    }
+
     /// Whether the client should retry after a pause (sent as `Retry-After`).
     pub fn retry_after_secs(self) -> Option<u32> {
         match self {

@@ -167,13 +167,16 @@ impl Inference {
             .as_ref()
             .ok()
             .map(|(_, run)| (run.queue_wait, run.compute));
+        let elapsed = started.elapsed();
+        let server_failure = result.as_ref().is_err_and(|e| e.kind.is_server_side());
+        target.windows.get(variant).record(elapsed, server_failure);
         metrics::record_inference(&InferenceEvent {
             model: &target.model,
             version: target.version,
             variant,
             protocol,
             outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),
-            total: started.elapsed(),
+            total: elapsed,
             queue: timings.map(|t| t.0),
             compute: timings.map(|t| t.1),
             rows,

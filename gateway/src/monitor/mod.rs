@@ -2,3 +2,4 @@
 //! build on the same events.
 
 pub mod metrics;
+pub mod window;

@@ -27,6 +27,8 @@ pub struct LoadedVersion {
     fingerprint: Option<(u64, SystemTime)>,
     /// The `model.toml` settings it was loaded with.
     settings: ModelConfig,
+    /// Recent latency and errors per traffic variant, for the guard and the stats endpoint.
+    pub windows: crate::monitor::window::VariantWindows,
 }
 
 /// Versions built and not yet freed, in this process. A swapped-out version is freed when its
@@ -165,6 +167,7 @@ impl Loader {
             loaded_at: SystemTime::now(),
             fingerprint,
             settings: model.config.clone(),
+            windows: Default::default(),
         }))
     }
 }

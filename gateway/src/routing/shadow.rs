@@ -106,6 +106,11 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration) {
         Ok(inputs) => target.runner.run(inputs, started + timeout).await,
         Err(e) => Err(e),
     };
+    let server_failure = result.as_ref().is_err_and(|e| e.kind.is_server_side());
+    target
+        .windows
+        .get(Variant::Shadow)
+        .record(started.elapsed(), server_failure);
     metrics::record_inference(&InferenceEvent {
         model: &target.model,
         version: target.version,

@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/admin/v1/models", get(list_models))
         .route("/admin/v1/models/{model}", get(show_model))
+        .route("/admin/v1/models/{model}/stats", get(model_stats))
         .route(
             "/admin/v1/models/{model}/traffic",
             get(show_traffic).put(set_traffic),
@@ -264,4 +265,64 @@ async fn set_traffic(
         Ok::<_, ServeError>(json_ok(&in_force))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    /// Span to summarise, e.g. "60s" (default 60s, at most 120s).
+    window: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VariantStats {
+    version: u64,
+    variant: crate::routing::Variant,
+    #[serde(flatten)]
+    stats: crate::monitor::window::WindowStats,
+}
+
+/// p50/p90/p99, request rate and server-side error rate per version and variant over a recent
+/// span, straight from the in-process rolling windows.
+async fn model_stats(
+    State(state): AppState,
+    Path(model): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<StatsQuery>,
+) -> Response {
+    let run = || {
+        let span = match &query.window {
+            Some(text) => humantime::parse_duration(text).map_err(|e| {
+                ServeError::bad_request(format!("window: '{text}' is not a duration: {e}"))
+            })?,
+            None => std::time::Duration::from_secs(60),
+        };
+        let snapshot = state.models.router().snapshot();
+        let routes = snapshot
+            .models
+            .get(&model)
+            .ok_or_else(|| ServeError::unknown_model(&model))?;
+        let mut series = Vec::new();
+        for version in routes.versions.values().rev() {
+            for variant in [
+                crate::routing::Variant::Primary,
+                crate::routing::Variant::Canary,
+                crate::routing::Variant::Direct,
+                crate::routing::Variant::Shadow,
+            ] {
+                let stats = version.windows.get(variant).stats(span);
+                if stats.requests > 0 {
+                    series.push(VariantStats {
+                        version: version.version,
+                        variant,
+                        stats,
+                    });
+                }
+            }
+        }
+        Ok::<_, ServeError>(json_ok(&serde_json::json!({
+            "model": model,
+            "window_seconds": span.as_secs().clamp(1, 120),
+            "series": series,
+        })))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
 }
