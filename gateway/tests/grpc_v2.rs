@@ -323,3 +323,62 @@ async fn repository_calls_need_the_admin_token() {
     );
     server.stop().await;
 }
+
+/// A sticky key in the call's metadata (or a string request parameter) keeps a caller on one
+/// side of a canary split, as the same header does over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_keys_work_over_grpc() {
+    let repo = scratch_repo(&bench_repo(), &[("mlp", 1), ("mlp", 2)]);
+    let mut config = test_config(repo.path(), RuntimeChoice::Tract);
+    config.admin.token = Some("t".into());
+    let server = TestServer::start(config).await;
+    let policy = serde_json::json!({"primary": "1", "canary": {"version": "2", "weight": 50.0},
+                                    "sticky_key": "x-user-id"});
+    let response = server
+        .client
+        .put(server.url("/admin/v1/models/mlp/traffic"))
+        .bearer_auth("t")
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let mut grpc = client(&server).await;
+    let fixture = read_json(&fixtures().join("bench/mlp_request_b1.json"));
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..40 {
+        let key = format!("user-{user}");
+        let mut versions = std::collections::BTreeSet::new();
+        for attempt in 0..4 {
+            let mut message = raw_request("mlp", "", &fixture);
+            let request = if attempt % 2 == 0 {
+                let mut request = tonic::Request::new(message);
+                request
+                    .metadata_mut()
+                    .insert("x-user-id", key.parse().unwrap());
+                request
+            } else {
+                message.parameters.insert(
+                    "x-user-id".into(),
+                    proto::InferParameter {
+                        parameter_choice: Some(
+                            proto::infer_parameter::ParameterChoice::StringParam(key.clone()),
+                        ),
+                    },
+                );
+                tonic::Request::new(message)
+            };
+            let response = grpc.model_infer(request).await.expect("infer").into_inner();
+            versions.insert(response.model_version);
+        }
+        assert_eq!(
+            versions.len(),
+            1,
+            "{key} moved between versions: {versions:?}"
+        );
+        seen.extend(versions);
+    }
+    assert_eq!(seen.len(), 2, "a 50% split over 40 keys used only {seen:?}");
+    server.stop().await;
+}

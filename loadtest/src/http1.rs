@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::run::Window;
+use crate::run::{Pace, Window};
 use crate::stats::{ErrorKind, Recorder};
 use crate::target::RequestTemplate;
 
@@ -56,6 +56,7 @@ pub async fn run_connection(
     window: Window,
     timeout: Duration,
     mut recorder: Recorder,
+    mut pace: Option<Pace>,
 ) -> Recorder {
     // One timer for the task, re-armed for each step, rather than a new timer entry per request.
     let mut timer = pin!(tokio::time::sleep_until(window.end));
@@ -87,7 +88,16 @@ pub async fn run_connection(
             continue;
         };
 
-        let started = Instant::now();
+        let started = match pace.as_mut() {
+            Some(pace) => {
+                let due = pace.wait().await;
+                if due >= window.end {
+                    return recorder;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
         let request = template.request();
         let exchange = exchange(&mut conn.sender, request);
         match bounded(

@@ -59,6 +59,12 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// Open loop: send this many requests per second in total, on schedule, and measure each
+    /// latency from its scheduled time (coordinated-omission corrected). Without it the load is
+    /// closed loop: each connection sends as soon as its last answer arrives.
+    #[arg(long)]
+    rate: Option<f64>,
+
     /// Wire protocol. `grpc` sends KServe v2 `ModelInfer` calls to the --url's host and port
     /// (the gRPC listener), built from the v2 JSON --body for the model the URL path names.
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
@@ -117,7 +123,14 @@ async fn load(args: Args) -> anyhow::Result<()> {
         warmup: args.warmup,
         duration: args.duration,
         timeout: args.timeout,
+        rate: args.rate,
     };
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    if args.rate.is_some() && args.protocol == Protocol::Grpc {
+        bail!("--rate is implemented for --protocol http only");
+    }
 
     let summary = match args.protocol {
         Protocol::Http => sluice_loadtest::run(&config).await?,

@@ -27,6 +27,39 @@ pub struct Config {
     pub duration: Duration,
     /// Longest a request (or a connect) may take before it counts as an error.
     pub timeout: Duration,
+    /// Open loop: requests per second across all connections, sent on schedule whether or not
+    /// earlier ones have been answered. `None` is closed loop.
+    pub rate: Option<f64>,
+}
+
+/// An open-loop schedule for one connection: send times `first + k * interval`. Latency is
+/// measured from the scheduled time, not from when the connection got round to sending, so a
+/// stalled server is charged for the requests it delayed (the coordinated-omission correction
+/// wrk2 makes).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub next: Instant,
+    pub interval: Duration,
+}
+
+impl Pace {
+    /// The schedule of connection `index` of `connections` sharing `rate` requests per second;
+    /// connections are staggered so that the sends are spread evenly.
+    pub fn for_connection(rate: f64, connections: usize, index: usize, from: Instant) -> Pace {
+        let interval = Duration::from_secs_f64(connections as f64 / rate);
+        Pace {
+            next: from + interval.mul_f64(index as f64 / connections as f64),
+            interval,
+        }
+    }
+
+    /// Waits for the next scheduled send and returns its scheduled time.
+    pub async fn wait(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.interval;
+        tokio::time::sleep_until(due).await;
+        due
+    }
 }
 
 /// The span of time whose requests count.
@@ -67,14 +100,19 @@ pub async fn run(config: &Config) -> anyhow::Result<Summary> {
     // The open-loop mode and other protocols plug in here: each is a task per connection that
     // returns a Recorder.
     let mut tasks = Vec::with_capacity(config.connections);
-    for _ in 0..config.connections {
+    let now = Instant::now();
+    for index in 0..config.connections {
         let recorder = Recorder::new(config.timeout)?;
+        let pace = config
+            .rate
+            .map(|rate| Pace::for_connection(rate, config.connections, index, now));
         tasks.push(tokio::spawn(http1::run_connection(
             config.addr,
             Arc::clone(&template),
             window,
             config.timeout,
             recorder,
+            pace,
         )));
     }
 
@@ -107,6 +145,7 @@ mod tests {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(300),
             timeout: Duration::from_secs(2),
+            rate: None,
         })
     }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::raw;
 use super::v2::{parse_datatype, parse_shape};
 use crate::error::{ServeError, ServeResult};
-use crate::infer::{InferRequest, InferResponse};
+use crate::infer::{InferRequest, InferResponse, RequestKeys};
 use crate::monitor::metrics::Protocol;
 use crate::repository::LoadedVersion;
 use crate::tensor::{DataType, Tensor, TensorData, TensorSpec};
@@ -22,6 +22,7 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+use proto::infer_parameter::ParameterChoice;
 use proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use proto::model_infer_response::InferOutputTensor;
 use proto::model_metadata_response::TensorMetadata;
@@ -37,7 +38,7 @@ pub fn decode_request(request: ModelInferRequest) -> ServeResult<InferRequest> {
         inputs,
         outputs,
         raw_input_contents,
-        ..
+        parameters,
     } = request;
     if model_name.is_empty() {
         return Err(ServeError::bad_request("model_name is empty"));
@@ -70,7 +71,18 @@ pub fn decode_request(request: ModelInferRequest) -> ServeResult<InferRequest> {
         inputs,
         outputs,
         protocol: Protocol::Grpc,
-        keys: Default::default(),
+        // String parameters can carry the sticky-routing key, as v2 JSON `parameters` do; the
+        // server adds the call's metadata as the headers.
+        keys: RequestKeys {
+            parameters: parameters
+                .into_iter()
+                .filter_map(|(key, value)| match value.parameter_choice {
+                    Some(ParameterChoice::StringParam(s)) => Some((key, s)),
+                    _ => None,
+                })
+                .collect(),
+            ..Default::default()
+        },
     })
 }
 
@@ -84,7 +96,7 @@ fn requested_outputs(outputs: Vec<InferRequestedOutputTensor>) -> ServeResult<Op
             let classification = output.parameters.get("classification").is_some_and(|p| {
                 !matches!(
                     p.parameter_choice,
-                    None | Some(proto::infer_parameter::ParameterChoice::Int64Param(0))
+                    None | Some(ParameterChoice::Int64Param(0))
                 )
             });
             if classification {

@@ -208,7 +208,10 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        let request = codec::decode_request(request.into_inner())?;
+        let (metadata, _, message) = request.into_parts();
+        let mut request = codec::decode_request(message)?;
+        // Metadata is where a sticky-routing key header arrives over gRPC.
+        request.keys.headers = metadata.into_headers();
         let response = self.0.inference.infer(request).await?;
         Ok(Response::new(codec::encode_response(response)))
     }
