@@ -53,12 +53,20 @@ impl Pace {
         }
     }
 
-    /// Waits for the next scheduled send and returns its scheduled time.
+    /// Waits for the next scheduled send and returns the time its latency counts from.
+    ///
+    /// When the connection is behind schedule (its last answer came back after this send was
+    /// due) that is the scheduled time: the server is charged for the wait it caused. When it
+    /// is on time, it is the moment the timer fired, so the client's own timer granularity
+    /// (about a millisecond in tokio) is not charged to the server.
     pub async fn wait(&mut self) -> Instant {
         let due = self.next;
         self.next += self.interval;
+        if Instant::now() >= due {
+            return due;
+        }
         tokio::time::sleep_until(due).await;
-        due
+        Instant::now()
     }
 }
 

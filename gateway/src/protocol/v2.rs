@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::json_data::JsonTensor;
 use crate::error::{ServeError, ServeResult};
-use crate::infer::{InferRequest, InferResponse};
+use crate::infer::InferResponse;
 use crate::repository::LoadedVersion;
 use crate::tensor::{DataType, Tensor, TensorData, TensorSpec, element_count, with_vec};
 
@@ -87,32 +87,6 @@ impl V2Input {
         }
         let data = json.into_data(datatype, &self.name)?;
         Tensor::new(self.name, shape, data).map_err(|e| ServeError::bad_request(e.to_string()))
-    }
-}
-
-impl V2Request {
-    /// The request for the core path, with `model` and `version` from the URL.
-    pub fn into_infer_request(
-        self,
-        model: String,
-        version: Option<String>,
-    ) -> ServeResult<InferRequest> {
-        let inputs = self
-            .inputs
-            .into_iter()
-            .map(V2Input::into_tensor)
-            .collect::<ServeResult<Vec<_>>>()?;
-        Ok(InferRequest {
-            model,
-            version,
-            id: self.id,
-            inputs,
-            outputs: self
-                .outputs
-                .map(|outputs| outputs.into_iter().map(|o| o.name).collect()),
-            protocol: crate::monitor::metrics::Protocol::V2Json,
-            keys: crate::infer::RequestKeys::from_json_parameters(self.parameters.as_ref()),
-        })
     }
 }
 
@@ -209,15 +183,18 @@ pub const SERVER_METADATA: ServerMetadata = ServerMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::InferRequest;
+
+    /// Plain v2 JSON goes through the binary-extension decoder with no binary section.
+    fn decode(body: &[u8]) -> ServeResult<InferRequest> {
+        crate::protocol::binary::decode_request(body, None, "m".into(), None).map(|(r, _)| r)
+    }
 
     #[test]
     fn decodes_a_request() {
         let body = br#"{"id":"r1","inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}],
                         "outputs":[{"name":"label"}],"parameters":{"k":"v"}}"#;
-        let request = parse_request(body)
-            .unwrap()
-            .into_infer_request("m".into(), None)
-            .unwrap();
+        let request = decode(body).unwrap();
         assert_eq!(request.id.as_deref(), Some("r1"));
         assert_eq!(request.outputs, Some(vec!["label".to_string()]));
         assert_eq!(request.inputs[0].shape, vec![2, 2]);
@@ -229,12 +206,7 @@ mod tests {
 
     #[test]
     fn names_what_is_wrong() {
-        let err = |body: &str| {
-            parse_request(body.as_bytes())
-                .and_then(|r| r.into_infer_request("m".into(), None))
-                .unwrap_err()
-                .message
-        };
+        let err = |body: &str| decode(body.as_bytes()).unwrap_err().message;
         assert!(err("{").contains("invalid inference request JSON"));
         assert!(
             err(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)

@@ -1,0 +1,34 @@
+# Shared helpers for the measurement scenarios. Source it; needs release builds:
+#   cargo build --release -p sluice -p sluice-loadtest
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BIN="$ROOT/target/release"
+FIX="$ROOT/gateway/tests/fixtures"
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/libonnxruntime.so}"
+export NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn}"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# start_sluice PORT_BASE REPO [extra serve args...]: HTTP on PORT_BASE, gRPC +1, metrics +2.
+start_sluice() {
+    local base=$1 repo=$2; shift 2
+    "$BIN/sluice" serve --model-repository "$repo" --http-port "$base" \
+        --grpc-port $((base + 1)) --metrics-port $((base + 2)) "$@" >"/tmp/sluice-$base.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        curl -sf "localhost:$base/v2/health/ready" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "sluice on $base did not become ready" >&2; cat "/tmp/sluice-$base.log" >&2; return 1
+}
+
+# load LABEL sluice-load-args...: one run, one summary line.
+load() {
+    local label=$1; shift
+    "$BIN/sluice-load" --json "$@" | python3 -c "
+import json, sys
+d = json.load(sys.stdin); l = d['latency_ms']
+bad = sum(v for k, v in d['status_counts'].items() if k != '200') + sum(d['errors'].values())
+print(f\"{'$label':34s} {d['throughput_rps']:9.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms  max {l['max']:7.2f} ms  non-200/errors {bad}\")"
+}
