@@ -152,21 +152,21 @@ fn typed_input(input: InferInputTensor) -> ServeResult<Tensor> {
         DataType::Bool => ("bool_contents", TensorData::Bool(c.bool_contents)),
         DataType::I8 => (
             "int_contents",
-            TensorData::I8(narrow(&name, datatype, c.int_contents)?),
+            TensorData::I8(super::narrow(&name, datatype, c.int_contents)?),
         ),
         DataType::I16 => (
             "int_contents",
-            TensorData::I16(narrow(&name, datatype, c.int_contents)?),
+            TensorData::I16(super::narrow(&name, datatype, c.int_contents)?),
         ),
         DataType::I32 => ("int_contents", TensorData::I32(c.int_contents)),
         DataType::I64 => ("int64_contents", TensorData::I64(c.int64_contents)),
         DataType::U8 => (
             "uint_contents",
-            TensorData::U8(narrow(&name, datatype, c.uint_contents)?),
+            TensorData::U8(super::narrow(&name, datatype, c.uint_contents)?),
         ),
         DataType::U16 => (
             "uint_contents",
-            TensorData::U16(narrow(&name, datatype, c.uint_contents)?),
+            TensorData::U16(super::narrow(&name, datatype, c.uint_contents)?),
         ),
         DataType::U32 => ("uint_contents", TensorData::U32(c.uint_contents)),
         DataType::U64 => ("uint64_contents", TensorData::U64(c.uint64_contents)),
@@ -182,24 +182,6 @@ fn typed_input(input: InferInputTensor) -> ServeResult<Tensor> {
         )));
     }
     Tensor::new(name, shape, data).map_err(|e| ServeError::bad_request(e.to_string()))
-}
-
-/// Narrow integer types travel widened; each value must fit the declared type.
-fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(
-    input: &str,
-    datatype: DataType,
-    values: Vec<W>,
-) -> ServeResult<Vec<T>> {
-    values
-        .into_iter()
-        .map(|x| {
-            T::try_from(x).map_err(|_| {
-                ServeError::bad_request(format!(
-                    "input '{input}': value {x} is out of range for {datatype}"
-                ))
-            })
-        })
-        .collect()
 }
 
 /// Encodes the answer with every output in `raw_output_contents`.

@@ -77,30 +77,14 @@ impl JsonTensor {
 
 /// Integers into a narrower integer type, refusing values out of its range.
 fn narrow(values: Vec<i64>, datatype: DataType, input: &str) -> ServeResult<TensorData> {
-    fn convert<T: TryFrom<i64>>(
-        values: Vec<i64>,
-        datatype: DataType,
-        input: &str,
-    ) -> ServeResult<Vec<T>> {
-        values
-            .into_iter()
-            .map(|x| {
-                T::try_from(x).map_err(|_| {
-                    ServeError::bad_request(format!(
-                        "input '{input}': value {x} is out of range for {datatype}"
-                    ))
-                })
-            })
-            .collect()
-    }
     Ok(match datatype {
-        DataType::U8 => TensorData::U8(convert(values, datatype, input)?),
-        DataType::U16 => TensorData::U16(convert(values, datatype, input)?),
-        DataType::U32 => TensorData::U32(convert(values, datatype, input)?),
-        DataType::U64 => TensorData::U64(convert(values, datatype, input)?),
-        DataType::I8 => TensorData::I8(convert(values, datatype, input)?),
-        DataType::I16 => TensorData::I16(convert(values, datatype, input)?),
-        DataType::I32 => TensorData::I32(convert(values, datatype, input)?),
+        DataType::U8 => TensorData::U8(super::narrow(input, datatype, values)?),
+        DataType::U16 => TensorData::U16(super::narrow(input, datatype, values)?),
+        DataType::U32 => TensorData::U32(super::narrow(input, datatype, values)?),
+        DataType::U64 => TensorData::U64(super::narrow(input, datatype, values)?),
+        DataType::I8 => TensorData::I8(super::narrow(input, datatype, values)?),
+        DataType::I16 => TensorData::I16(super::narrow(input, datatype, values)?),
+        DataType::I32 => TensorData::I32(super::narrow(input, datatype, values)?),
         DataType::I64 => TensorData::I64(values),
         other => {
             return Err(ServeError::bad_request(format!(
