@@ -181,6 +181,8 @@ pub struct RuntimeConfig {
     pub queue_capacity: usize,
     /// ONNX Runtime intra-op threads per session; 1 suits many small concurrent requests.
     pub ort_intra_threads: usize,
+    /// Dynamic batching for models whose `model.toml` does not set it; off when unset.
+    pub batching: Option<crate::runtime::Batching>,
 }
 
 impl Default for RuntimeConfig {
@@ -191,6 +193,7 @@ impl Default for RuntimeConfig {
             instances: default_instances(),
             queue_capacity: 1024,
             ort_intra_threads: 1,
+            batching: None,
         }
     }
 }
@@ -280,6 +283,9 @@ impl Config {
         }
         if self.traffic.shadow_queue == 0 {
             problems.push("traffic.shadow_queue must be at least 1".into());
+        }
+        if let Some(batching) = &r.batching {
+            problems.extend(batching.problems("runtime.batching"));
         }
         if r.ort_intra_threads == 0 {
             problems.push("runtime.ort_intra_threads must be at least 1".into());

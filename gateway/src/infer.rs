@@ -166,7 +166,7 @@ impl Inference {
         let timings = result
             .as_ref()
             .ok()
-            .map(|(_, run)| (run.queue_wait, run.compute));
+            .map(|(_, run)| (run.queue_wait, run.compute, run.batch_rows));
         let elapsed = started.elapsed();
         let server_failure = result.as_ref().is_err_and(|e| e.kind.is_server_side());
         target.windows.get(variant).record(elapsed, server_failure);
@@ -179,6 +179,7 @@ impl Inference {
             total: elapsed,
             queue: timings.map(|t| t.0),
             compute: timings.map(|t| t.1),
+            batch_rows: timings.and_then(|t| t.2),
             rows,
         });
         result.map(|(response, _)| response)

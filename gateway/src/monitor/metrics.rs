@@ -20,6 +20,7 @@ pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "sluice_queue_duration_seconds";
 pub const INFERENCE_DURATION: &str = "sluice_inference_duration_seconds";
 pub const BATCH_ROWS: &str = "sluice_request_rows";
+pub const STACKED_ROWS: &str = "sluice_batch_rows";
 pub const LOADED_VERSIONS: &str = "sluice_model_versions_loaded";
 pub const ALIVE_VERSIONS: &str = "sluice_model_versions_alive";
 pub const CANARY_WEIGHT: &str = "sluice_canary_weight_percent";
@@ -74,6 +75,9 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), ROW_BUCKETS)
                 })
                 .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STACKED_ROWS.into()), ROW_BUCKETS)
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(SHADOW_MAX_ABS_DIFF.into()),
                         DIFF_BUCKETS,
@@ -116,6 +120,11 @@ fn describe() {
         "Time the model itself ran"
     );
     describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per inference request");
+    describe_histogram!(
+        STACKED_ROWS,
+        Unit::Count,
+        "Rows per stacked model run, for requests that dynamic batching stacked"
+    );
     describe_gauge!(LOADED_VERSIONS, Unit::Count, "Versions loaded per model");
     describe_gauge!(
         CANARY_WEIGHT,
@@ -165,6 +174,8 @@ pub struct InferenceEvent<'a> {
     pub queue: Option<Duration>,
     pub compute: Option<Duration>,
     pub rows: usize,
+    /// Rows of the stacked run the request joined, when dynamic batching stacked it.
+    pub batch_rows: Option<usize>,
 }
 
 pub fn record_inference(event: &InferenceEvent<'_>) {
@@ -187,6 +198,10 @@ pub fn record_inference(event: &InferenceEvent<'_>) {
     if let Some(compute) = event.compute {
         histogram!(INFERENCE_DURATION, "model" => model.clone(), "version" => version.clone())
             .record(compute.as_secs_f64());
+    }
+    if let Some(stacked) = event.batch_rows {
+        histogram!(STACKED_ROWS, "model" => model.clone(), "version" => version.clone())
+            .record(stacked as f64);
     }
     histogram!(BATCH_ROWS, "model" => model, "version" => version).record(event.rows as f64);
 }

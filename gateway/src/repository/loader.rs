@@ -138,11 +138,21 @@ impl Loader {
         for backend in &mut built.instances {
             warm_up(backend.as_mut(), &built.signature)?;
         }
+        let mut batching = model.config.batching.or(self.runtime.batching);
+        if batching.is_some() && !crate::runtime::signature_batches(&built.signature) {
+            tracing::warn!(
+                model = %model.name,
+                version,
+                "batching requested but an input has a fixed first axis; running unbatched"
+            );
+            batching = None;
+        }
         let runner = Runner::start(
             built.instances,
             RunnerOptions {
                 queue_capacity: self.runtime.queue_capacity,
                 name: format!("{}-v{version}", model.name),
+                batching,
             },
         )
         .map_err(|e| LoadError(format!("cannot start worker threads: {e}")))?;
@@ -152,6 +162,7 @@ impl Loader {
             runtime = built.kind.as_str(),
             reason = %built.reason,
             instances,
+            batching = ?batching,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model version loaded"
         );

@@ -17,6 +17,9 @@ pub struct ModelConfig {
     pub version_policy: Option<VersionPolicy>,
     /// Worker threads per loaded version; defaults to `runtime.instances`.
     pub instances: Option<usize>,
+    /// Dynamic batching, e.g. `{ max_batch_size = 32, max_queue_delay_us = 200 }`; defaults
+    /// to `runtime.batching` (off).
+    pub batching: Option<crate::runtime::Batching>,
     /// Inputs the model must declare. A version whose file disagrees is refused at load time,
     /// so a wrongly exported model never replaces a good one.
     #[serde(default)]
@@ -48,6 +51,9 @@ impl ModelConfig {
         let mut problems = Vec::new();
         if config.instances == Some(0) {
             problems.push("instances must be at least 1".to_string());
+        }
+        if let Some(batching) = &config.batching {
+            problems.extend(batching.problems("batching"));
         }
         for input in &config.inputs {
             if DataType::parse(&input.datatype).is_none() {

@@ -120,6 +120,7 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration) {
         total: started.elapsed(),
         queue: result.as_ref().ok().map(|r| r.queue_wait),
         compute: result.as_ref().ok().map(|r| r.compute),
+        batch_rows: result.as_ref().ok().and_then(|r| r.batch_rows),
         rows,
     });
     match result {

@@ -1,12 +1,14 @@
 //! Model runtimes behind one [`Backend`] trait, and the [`Runner`] that executes them on
 //! dedicated threads, off the async reactor, fed through a bounded queue.
 
+mod batch;
 mod onnxruntime;
 mod runner;
 mod tract;
 
 use std::path::{Path, PathBuf};
 
+pub use batch::{Batching, signature_batches};
 pub use onnxruntime::{OrtRuntime, find_ort_library};
 pub use runner::{Job, RunOutput, Runner, RunnerOptions};
 

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use super::Backend;
+use super::batch::{self, Batching};
 use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::tensor::Tensor;
 
@@ -19,6 +20,8 @@ pub struct RunnerOptions {
     pub queue_capacity: usize,
     /// Thread name prefix, e.g. `churn-v1`.
     pub name: String,
+    /// Stack concurrent requests into one run; `None` runs each request alone.
+    pub batching: Option<Batching>,
 }
 
 /// One queued inference.
@@ -35,6 +38,8 @@ pub struct RunOutput {
     pub outputs: Vec<Tensor>,
     pub queue_wait: Duration,
     pub compute: Duration,
+    /// Rows in the stacked run this request was part of; `None` when it ran alone.
+    pub batch_rows: Option<usize>,
 }
 
 /// Handle to a pool of worker threads. Dropping the last handle closes the queue; the workers
@@ -53,9 +58,10 @@ impl Runner {
         let (queue, jobs) = crossbeam_channel::bounded(options.queue_capacity);
         for (i, backend) in instances.into_iter().enumerate() {
             let jobs = jobs.clone();
+            let batching = options.batching;
             std::thread::Builder::new()
                 .name(format!("{}-{i}", options.name))
-                .spawn(move || work(backend, jobs))?;
+                .spawn(move || work(backend, jobs, batching))?;
         }
         Ok(Runner {
             queue,
@@ -112,43 +118,121 @@ fn timed_out() -> ServeError {
     )
 }
 
-fn work(mut backend: Box<dyn Backend>, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        // The client gave up (timeout or disconnect): do not spend the model on it.
-        if job.reply.is_closed() {
-            continue;
-        }
-        let started = Instant::now();
-        if started >= job.deadline {
-            let _ = job.reply.send(Err(timed_out()));
-            continue;
-        }
-        let queue_wait = started - job.enqueued;
-        // A panic inside a model must not take the worker (or the server) down with it.
-        let result = catch_unwind(AssertUnwindSafe(|| backend.run(job.inputs)));
-        let compute = started.elapsed();
-        let answer = match result {
-            Ok(Ok(outputs)) => Ok(RunOutput {
-                outputs,
-                queue_wait,
-                compute,
-            }),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "model failed on a request");
-                Err(ServeError::new(
-                    ErrorKind::ModelFailure,
-                    format!("model failed: {error}"),
-                ))
-            }
-            Err(_) => {
-                tracing::error!("model panicked on a request");
-                Err(ServeError::new(
-                    ErrorKind::ModelFailure,
-                    "model failed on this request",
-                ))
-            }
+/// A job still worth running: the client is waiting and its deadline has not passed.
+fn live(job: Job) -> Option<Job> {
+    // The client gave up (timeout or disconnect): do not spend the model on it.
+    if job.reply.is_closed() {
+        return None;
+    }
+    if Instant::now() >= job.deadline {
+        let _ = job.reply.send(Err(timed_out()));
+        return None;
+    }
+    Some(job)
+}
+
+fn work(mut backend: Box<dyn Backend>, jobs: Receiver<Job>, batching: Option<Batching>) {
+    // A job taken from the queue that could not join the last batch starts the next one.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
         };
-        let _ = job.reply.send(answer);
+        let Some(first) = live(first) else { continue };
+        let Some(batching) = batching else {
+            run_alone(backend.as_mut(), first);
+            continue;
+        };
+        // Wait for company at most until the first job has waited max_queue_delay in total.
+        let until = first.enqueued + Duration::from_micros(batching.max_queue_delay_us);
+        let mut rows = batch::rows(&first.inputs);
+        let mut batch = vec![first];
+        while rows < batching.max_batch_size {
+            let next = match jobs.recv_deadline(until) {
+                Ok(job) => job,
+                Err(_) => break,
+            };
+            let Some(next) = live(next) else { continue };
+            let next_rows = batch::rows(&next.inputs);
+            if rows + next_rows > batching.max_batch_size
+                || !batch::compatible(&batch[0].inputs, &next.inputs)
+            {
+                carried = Some(next);
+                break;
+            }
+            rows += next_rows;
+            batch.push(next);
+        }
+        if batch.len() == 1 {
+            batch
+                .into_iter()
+                .for_each(|job| run_alone(backend.as_mut(), job));
+        } else {
+            run_batch(backend.as_mut(), batch);
+        }
+    }
+}
+
+/// Runs the backend, turning errors and panics into the client-facing error.
+fn execute(backend: &mut dyn Backend, inputs: Vec<Tensor>) -> ServeResult<Vec<Tensor>> {
+    // A panic inside a model must not take the worker (or the server) down with it.
+    match catch_unwind(AssertUnwindSafe(|| backend.run(inputs))) {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "model failed on a request");
+            Err(ServeError::new(
+                ErrorKind::ModelFailure,
+                format!("model failed: {error}"),
+            ))
+        }
+        Err(_) => {
+            tracing::error!("model panicked on a request");
+            Err(ServeError::new(
+                ErrorKind::ModelFailure,
+                "model failed on this request",
+            ))
+        }
+    }
+}
+
+fn run_alone(backend: &mut dyn Backend, job: Job) {
+    let started = Instant::now();
+    let queue_wait = started - job.enqueued;
+    let answer = execute(backend, job.inputs).map(|outputs| RunOutput {
+        outputs,
+        queue_wait,
+        compute: started.elapsed(),
+        batch_rows: None,
+    });
+    let _ = job.reply.send(answer);
+}
+
+/// Runs several jobs as one stacked inference. If the stacked run fails, or its outputs do not
+/// follow the batch axis, each job runs alone, so one request never answers for another.
+fn run_batch(backend: &mut dyn Backend, jobs: Vec<Job>) {
+    let started = Instant::now();
+    let rows: Vec<usize> = jobs.iter().map(|j| batch::rows(&j.inputs)).collect();
+    let stacked = batch::stack(jobs.iter().map(|j| j.inputs.clone()).collect());
+    let answers = execute(backend, stacked)
+        .ok()
+        .and_then(|outputs| batch::split(outputs, &rows));
+    let Some(answers) = answers else {
+        jobs.into_iter().for_each(|job| run_alone(backend, job));
+        return;
+    };
+    let compute = started.elapsed();
+    let total: usize = rows.iter().sum();
+    for (job, outputs) in jobs.into_iter().zip(answers) {
+        let _ = job.reply.send(Ok(RunOutput {
+            outputs,
+            queue_wait: started - job.enqueued,
+            compute,
+            batch_rows: Some(total),
+        }));
     }
 }
 
@@ -180,6 +264,7 @@ mod tests {
         RunnerOptions {
             queue_capacity: 4,
             name: "test-v1".into(),
+            batching: None,
         }
     }
 
@@ -195,6 +280,69 @@ mod tests {
             let err = panics.run(input(), deadline).await.unwrap_err();
             assert_eq!(err.kind, ErrorKind::ModelFailure);
         }
+    }
+
+    /// Echoes its input after a pause, so that concurrent requests queue up behind it.
+    struct SlowEcho;
+    impl Backend for SlowEcho {
+        fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(inputs)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batching_stacks_requests_and_returns_each_its_own_rows() {
+        let runner = std::sync::Arc::new(
+            Runner::start(
+                vec![Box::new(SlowEcho)],
+                RunnerOptions {
+                    queue_capacity: 64,
+                    name: "batch-v1".into(),
+                    batching: Some(Batching {
+                        max_batch_size: 16,
+                        max_queue_delay_us: 2_000,
+                    }),
+                },
+            )
+            .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut tasks = Vec::new();
+        for i in 0..40usize {
+            let runner = runner.clone();
+            // Requests of 1 or 2 rows, each row holding its request's number.
+            let rows = 1 + i % 2;
+            let input = Tensor::new(
+                "x",
+                vec![rows, 3],
+                TensorData::F32(vec![i as f32; rows * 3]),
+            )
+            .unwrap();
+            tasks.push(tokio::spawn(async move {
+                (
+                    input.clone(),
+                    runner.run(vec![input], deadline).await.unwrap(),
+                )
+            }));
+        }
+        let mut stacked = 0;
+        for task in tasks {
+            let (input, output) = task.await.unwrap();
+            assert_eq!(
+                output.outputs,
+                vec![input],
+                "a request got rows that are not its own"
+            );
+            if let Some(rows) = output.batch_rows {
+                assert!(rows <= 16, "batch of {rows} rows over the limit");
+                stacked += 1;
+            }
+        }
+        assert!(
+            stacked > 20,
+            "only {stacked} of 40 queued requests were stacked"
+        );
     }
 
     #[tokio::test]
