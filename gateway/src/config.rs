@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// Largest accepted request body, e.g. "8MiB"; larger bodies get 413.
     #[serde(with = "byte_size")]
     pub max_body_size: u64,
+    /// Inference requests in progress at once, across all models and protocols; more are
+    /// refused at once with 503 + Retry-After.
+    pub max_concurrent_requests: usize,
     /// Longest a request may take, queueing included, before it is answered with 504.
     #[serde(with = "human_duration")]
     pub request_timeout: Duration,
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             grpc_port: 8001,
             metrics_port: 8002,
             max_body_size: 8 * 1024 * 1024,
+            max_concurrent_requests: 4096,
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
         }
@@ -253,6 +257,9 @@ impl Config {
                 "server.host: '{}' is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)",
                 s.host
             ));
+        }
+        if s.max_concurrent_requests == 0 {
+            problems.push("server.max_concurrent_requests must be at least 1".into());
         }
         if s.max_body_size == 0 {
             problems.push("server.max_body_size must be greater than 0".into());

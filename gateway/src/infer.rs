@@ -81,14 +81,23 @@ pub struct Inference {
     router: Arc<Router>,
     request_timeout: Duration,
     shadow: Shadower,
+    /// Inferences in progress across all models and protocols; beyond it requests are refused
+    /// at once (503), so a flood cannot pile up work and memory behind the per-model queues.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Inference {
-    pub fn new(router: Arc<Router>, request_timeout: Duration, shadow: Shadower) -> Inference {
+    pub fn new(
+        router: Arc<Router>,
+        request_timeout: Duration,
+        shadow: Shadower,
+        max_concurrent_requests: usize,
+    ) -> Inference {
         Inference {
             router,
             request_timeout,
             shadow,
+            in_flight: tokio::sync::Semaphore::new(max_concurrent_requests),
         }
     }
 
@@ -130,6 +139,12 @@ impl Inference {
         route: Route,
         request: InferRequest,
     ) -> ServeResult<InferResponse> {
+        let _permit = self.in_flight.try_acquire().map_err(|_| {
+            ServeError::new(
+                crate::error::ErrorKind::Overloaded,
+                "server is overloaded: too many requests in flight",
+            )
+        })?;
         let Some(shadow) = route.shadow else {
             return self.infer_on(route.target, route.variant, request).await;
         };

@@ -9,8 +9,7 @@ use common::*;
 use serde_json::json;
 use sluice::config::RuntimeChoice;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_gets_503_with_retry_after_and_admitted_requests_succeed() {
+fn slow_repo() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(repo.path().join("slow/1")).unwrap();
     std::fs::copy(
@@ -18,15 +17,15 @@ async fn a_flood_gets_503_with_retry_after_and_admitted_requests_succeed() {
         repo.path().join("slow/1/model.onnx"),
     )
     .unwrap();
-    let mut config = test_config(repo.path(), RuntimeChoice::Tract);
-    config.runtime.instances = 1;
-    config.runtime.queue_capacity = 2;
-    let server = Arc::new(TestServer::start(config).await);
+    repo
+}
 
+/// Sends `n` concurrent 16-row requests; returns (admitted, refused) and checks every refusal.
+async fn flood(server: &Arc<TestServer>, n: usize, refusal: &'static str) -> (usize, usize) {
     let rows = 16;
     let body = json!({"inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": vec![0.5f32; rows * 64]}]});
     let mut tasks = Vec::new();
-    for _ in 0..48 {
+    for _ in 0..n {
         let (server, body) = (server.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let response = server
@@ -56,7 +55,7 @@ async fn a_flood_gets_503_with_retry_after_and_admitted_requests_succeed() {
             503 => {
                 assert_eq!(retry_after.as_deref(), Some("1"));
                 assert!(
-                    answer["error"].as_str().unwrap().contains("overloaded"),
+                    answer["error"].as_str().unwrap().contains(refusal),
                     "{answer}"
                 );
                 refused += 1;
@@ -64,11 +63,38 @@ async fn a_flood_gets_503_with_retry_after_and_admitted_requests_succeed() {
             other => panic!("unexpected status {other}: {answer}"),
         }
     }
+    (admitted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_in_flight_limit_refuses_the_excess() {
+    let repo = slow_repo();
+    let mut config = test_config(repo.path(), RuntimeChoice::Tract);
+    config.runtime.instances = 1;
+    config.server.max_concurrent_requests = 2;
+    let server = Arc::new(TestServer::start(config).await);
+    let (admitted, refused) = flood(&server, 48, "too many requests in flight").await;
+    assert!(
+        admitted >= 2 && refused > 0,
+        "admitted {admitted}, refused {refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_gets_503_with_retry_after_and_admitted_requests_succeed() {
+    let repo = slow_repo();
+    let mut config = test_config(repo.path(), RuntimeChoice::Tract);
+    config.runtime.instances = 1;
+    config.runtime.queue_capacity = 2;
+    let server = Arc::new(TestServer::start(config).await);
+
+    let (admitted, refused) = flood(&server, 48, "overloaded").await;
     assert!(admitted >= 3, "only {admitted} admitted");
     assert!(
         refused > 0,
         "a queue of 2 absorbed 48 concurrent slow requests"
     );
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5f32; 64]}]});
     // Once the flood has passed, the model answers again.
     let (status, _) = server.post_json("/v2/models/slow/infer", &body).await;
     assert_eq!(status, 200);

@@ -73,6 +73,7 @@ impl Server {
             router,
             config.server.request_timeout,
             shadow,
+            config.server.max_concurrent_requests,
         ));
         let (shutdown, _) = watch::channel(false);
 
