@@ -12,15 +12,16 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 /// Pause after a failed accept: the usual cause is running out of file descriptors, which a
 /// tight retry loop would only make worse.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// Serves HTTP/1.1 on `listener` forever, answering every request with 200 and `response` as
-/// `application/json`.
+/// Serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on `listener` forever, answering every
+/// request with 200 and `response` as `application/json`.
 pub async fn serve(listener: TcpListener, response: Bytes) {
     loop {
         let stream = match listener.accept().await {
@@ -39,7 +40,7 @@ pub async fn serve(listener: TcpListener, response: Bytes) {
         tokio::spawn(async move {
             let service = service_fn(move |request| respond(request, response.clone()));
             // A client closing its connections at the end of a run is normal, not worth a line.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -22,12 +22,12 @@ use tokio::time::{Instant, Sleep};
 
 use crate::run::{Pace, Window};
 use crate::stats::{ErrorKind, Recorder};
-use crate::target::RequestTemplate;
+use crate::target::{BodyCursor, RequestTemplate};
 
 /// First pause after a failed connect, so a server that is down is not hammered by a hot loop.
-const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub(crate) const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between connect attempts.
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+pub(crate) const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
@@ -39,7 +39,7 @@ struct Connection {
 }
 
 /// What one attempt to use the connection came to.
-enum Step<T> {
+pub(crate) enum Step<T> {
     Done(T),
     TimedOut,
     /// The measurement window closed; the task stops without recording the attempt.
@@ -57,6 +57,7 @@ pub async fn run_connection(
     timeout: Duration,
     mut recorder: Recorder,
     mut pace: Option<Pace>,
+    mut cursor: BodyCursor,
 ) -> Recorder {
     // One timer for the task, re-armed for each step, rather than a new timer entry per request.
     let mut timer = pin!(tokio::time::sleep_until(window.end));
@@ -98,7 +99,7 @@ pub async fn run_connection(
             }
             None => Instant::now(),
         };
-        let request = template.request();
+        let request = template.request(&mut cursor);
         let exchange = exchange(&mut conn.sender, request);
         match bounded(
             timer.as_mut(),
@@ -129,14 +130,14 @@ pub async fn run_connection(
     }
 }
 
-fn record_error(recorder: &mut Recorder, window: Window, kind: ErrorKind) {
+pub(crate) fn record_error(recorder: &mut Recorder, window: Window, kind: ErrorKind) {
     if window.contains(Instant::now()) {
         recorder.error(kind);
     }
 }
 
 /// Runs `work` until it finishes, `timeout` passes, or the window ends, whichever is first.
-async fn bounded<F: Future>(
+pub(crate) async fn bounded<F: Future>(
     mut timer: Pin<&mut Sleep>,
     window: Window,
     timeout: Duration,
@@ -186,9 +187,10 @@ async fn exchange(
 /// The driver goes first so that bytes it reads reach the exchange in the same poll. If the
 /// connection ends (the server closed it, or it broke), the driver is dropped, which hands the
 /// exchange whatever was read or an error, and the exchange is finished on its own.
-async fn drive<F>(exchange: F, driver: &mut Option<Pin<Box<Driver>>>) -> F::Output
+pub(crate) async fn drive<F, D>(exchange: F, driver: &mut Option<Pin<Box<D>>>) -> F::Output
 where
     F: Future,
+    D: Future,
 {
     let mut exchange = pin!(exchange);
     if let Some(running) = driver {

@@ -9,8 +9,8 @@
 //!
 //! The pieces are split along the seams later protocols and modes need:
 //! - [`target`]: what to send (method, path, headers, body), built once and cloned per request;
-//! - [`http1`]: one HTTP/1.1 connection's loop; a gRPC or HTTP/2 driver sits beside it and
-//!   fills the same [`stats::Recorder`];
+//! - [`http1`], [`http2`]: one HTTP/1.1 or HTTP/2 (h2c) connection's loop; [`grpc`] sits
+//!   beside them and all fill the same [`stats::Recorder`];
 //! - [`run`]: the phases (warm-up, measurement) and the fan-out over connections;
 //! - [`stats`]: per-connection recording with no shared state on the hot path;
 //! - [`report`]: the merged numbers, as a table or as JSON;
@@ -20,6 +20,7 @@
 pub mod ceiling;
 pub mod grpc;
 pub mod http1;
+pub mod http2;
 pub mod report;
 pub mod run;
 pub mod stats;

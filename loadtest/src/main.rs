@@ -69,6 +69,11 @@ struct Args {
     /// (the gRPC listener), built from the v2 JSON --body for the model the URL path names.
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     protocol: Protocol,
+
+    /// With --protocol http: speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1, one
+    /// request in flight per connection.
+    #[arg(long)]
+    http2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,9 +129,13 @@ async fn load(args: Args) -> anyhow::Result<()> {
         duration: args.duration,
         timeout: args.timeout,
         rate: args.rate,
+        http2: args.http2,
     };
     if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--rate must be a positive number of requests per second");
+    }
+    if args.http2 && args.protocol == Protocol::Grpc {
+        bail!("--http2 applies to --protocol http (gRPC is always HTTP/2)");
     }
     if args.rate.is_some() && args.protocol == Protocol::Grpc {
         bail!("--rate is implemented for --protocol http only");

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
-use crate::http1;
 use crate::stats::Recorder;
-use crate::target::RequestTemplate;
+use crate::target::{BodyCursor, RequestTemplate};
+use crate::{http1, http2};
 
 /// Everything a run needs, checked and resolved.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct Config {
     /// Open loop: requests per second across all connections, sent on schedule whether or not
     /// earlier ones have been answered. `None` is closed loop.
     pub rate: Option<f64>,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 /// An open-loop schedule for one connection: send times `first + k * interval`. Latency is
@@ -114,14 +116,29 @@ pub async fn run(config: &Config) -> anyhow::Result<Summary> {
         let pace = config
             .rate
             .map(|rate| Pace::for_connection(rate, config.connections, index, now));
-        tasks.push(tokio::spawn(http1::run_connection(
-            config.addr,
-            Arc::clone(&template),
-            window,
-            config.timeout,
-            recorder,
-            pace,
-        )));
+        let cursor = BodyCursor::for_connection(index, config.connections);
+        let template = Arc::clone(&template);
+        tasks.push(if config.http2 {
+            tokio::spawn(http2::run_connection(
+                config.addr,
+                template,
+                window,
+                config.timeout,
+                recorder,
+                pace,
+                cursor,
+            ))
+        } else {
+            tokio::spawn(http1::run_connection(
+                config.addr,
+                template,
+                window,
+                config.timeout,
+                recorder,
+                pace,
+                cursor,
+            ))
+        });
     }
 
     let mut merged = Recorder::new(config.timeout)?;
@@ -154,6 +171,7 @@ mod tests {
             duration: Duration::from_millis(300),
             timeout: Duration::from_secs(2),
             rate: None,
+            http2: false,
         })
     }
 
@@ -175,6 +193,34 @@ mod tests {
         for kind in ErrorKind::ALL {
             assert_eq!(r.errors(kind), 0, "{kind} errors");
         }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn measures_a_real_server_over_http2() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(crate::ceiling::serve(
+            listener,
+            Bytes::from_static(b"{\"ok\":true}"),
+        ));
+        let mut config = config(addr, 4)?;
+        config.http2 = true;
+        let paced = Config {
+            rate: Some(200.0),
+            ..config.clone()
+        };
+
+        for config in [config, paced] {
+            let summary = run(&config).await?;
+            let r = &summary.recorder;
+            assert!(r.responses() > 0, "no responses recorded");
+            assert_eq!(r.statuses().get(&200).copied(), Some(r.responses()));
+            for kind in ErrorKind::ALL {
+                assert_eq!(r.errors(kind), 0, "{kind} errors");
+            }
+        }
+        server.abort();
         Ok(())
     }
 

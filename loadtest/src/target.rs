@@ -1,6 +1,7 @@
 //! What each request looks like, decided once at start-up.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -13,8 +14,8 @@ const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 /// One request, ready to be stamped out for every send.
 ///
-/// The body is held as [`Bytes`], so each request shares the one buffer read at start-up instead
-/// of copying it.
+/// Bodies are held as [`Bytes`], so each request shares a buffer built at start-up instead of
+/// copying it. There is usually one body; `--npy` gives several, which connections cycle through.
 #[derive(Debug, Clone)]
 pub struct RequestTemplate {
     /// The URL as given, for reports.
@@ -26,7 +27,28 @@ pub struct RequestTemplate {
     /// request line when no proxy is involved.
     path: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    /// HTTP/2 carries the host in `:authority` (from the absolute URI), not in `Host`.
+    h2_headers: HeaderMap,
+    /// Never empty.
+    bodies: Arc<[Bytes]>,
+}
+
+/// Which of a template's bodies a connection sends next: connection `i` of `n` sends bodies
+/// `i`, `i + n`, `i + 2n`, ..., so that consecutive requests across connections differ.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyCursor {
+    next: usize,
+    step: usize,
+}
+
+impl BodyCursor {
+    /// The cursor of connection `index` of `connections`.
+    pub fn for_connection(index: usize, connections: usize) -> Self {
+        Self {
+            next: index,
+            step: connections.max(1),
+        }
+    }
 }
 
 impl RequestTemplate {
@@ -71,6 +93,8 @@ impl RequestTemplate {
             header_map.insert(CONTENT_TYPE, HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
         }
 
+        let mut h2_headers = header_map.clone();
+        h2_headers.remove(HOST);
         let method = method.unwrap_or(if body.is_empty() {
             Method::GET
         } else {
@@ -82,17 +106,49 @@ impl RequestTemplate {
             method,
             path,
             headers: header_map,
-            body,
+            h2_headers,
+            bodies: Arc::from([body]),
         })
     }
 
-    /// A fresh request; cheap, since the body is shared.
-    pub fn request(&self) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(self.body.clone()));
+    /// Replaces the body with several, sent in turn (see [`BodyCursor`]). `bodies` must not be
+    /// empty and the method and content type stay what the first body decided.
+    pub fn with_bodies(mut self, bodies: Vec<Bytes>) -> anyhow::Result<Self> {
+        if bodies.is_empty() {
+            bail!("no request bodies");
+        }
+        self.bodies = Arc::from(bodies);
+        Ok(self)
+    }
+
+    /// How many different bodies the template cycles through.
+    pub fn body_count(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// A fresh HTTP/1.1 request with the body `cursor` points at; cheap, since bodies are shared.
+    pub fn request(&self, cursor: &mut BodyCursor) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.next_body(cursor)));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.path.clone();
         *request.headers_mut() = self.headers.clone();
         request
+    }
+
+    /// A fresh HTTP/2 request: absolute URI (hyper derives `:scheme` and `:authority` from it),
+    /// no `Host` header.
+    pub fn request_h2(&self, cursor: &mut BodyCursor) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.next_body(cursor)));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.url.clone();
+        *request.headers_mut() = self.h2_headers.clone();
+        request
+    }
+
+    fn next_body(&self, cursor: &mut BodyCursor) -> Bytes {
+        let body = self.bodies[cursor.next % self.bodies.len()].clone();
+        cursor.next = cursor.next.wrapping_add(cursor.step);
+        body
     }
 
     /// The URL as given on the command line.
@@ -146,7 +202,7 @@ mod tests {
             [],
             Bytes::from_static(b"{}"),
         )?;
-        let req = t.request();
+        let req = t.request(&mut BodyCursor::for_connection(0, 1));
         assert_eq!(req.method(), Method::POST);
         assert_eq!(req.uri(), "/v2/models/churn/infer?x=1");
         assert_eq!(req.headers()[HOST], "127.0.0.1:8000");
@@ -157,7 +213,7 @@ mod tests {
     #[test]
     fn no_body_defaults_to_get_without_content_type() -> anyhow::Result<()> {
         let t = RequestTemplate::new("http://localhost:8000", None, [], Bytes::new())?;
-        let req = t.request();
+        let req = t.request(&mut BodyCursor::for_connection(0, 1));
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri(), "/");
         assert!(!req.headers().contains_key(CONTENT_TYPE));
@@ -178,11 +234,33 @@ mod tests {
             headers,
             Bytes::from_static(b"x"),
         )?;
-        let req = t.request();
+        let req = t.request(&mut BodyCursor::for_connection(0, 1));
         assert_eq!(req.method(), Method::PUT);
         assert_eq!(req.headers()[CONTENT_TYPE], "application/octet-stream");
         assert_eq!(req.headers()[HOST], "example.com");
         assert_eq!(req.headers().get_all("x-tag").iter().count(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn connections_cycle_through_the_bodies() -> anyhow::Result<()> {
+        use http_body_util::BodyExt;
+        let bodies: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![b'0' + i])).collect();
+        let t = RequestTemplate::new("http://h:1/", None, [], bodies[0].clone())?
+            .with_bodies(bodies)?;
+        let mut cursors = [
+            BodyCursor::for_connection(0, 2),
+            BodyCursor::for_connection(1, 2),
+        ];
+        let mut sent = Vec::new();
+        for i in [0, 1, 0, 1, 0, 1] {
+            let body = t.request(&mut cursors[i]).into_body();
+            sent.push(body.collect().await?.to_bytes());
+        }
+        assert_eq!(sent, [&b"0"[..], b"1", b"2", b"3", b"4", b"0"]);
+        let h2 = t.request_h2(&mut cursors[0]);
+        assert_eq!(h2.uri(), "http://h:1/");
+        assert!(!h2.headers().contains_key(HOST));
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! `sluice-ceiling`: a do-nothing HTTP/1.1 server, to measure the most this machine can serve
-//! for a request shape. The command line only; the server is `sluice_loadtest::ceiling`.
+//! `sluice-ceiling`: a do-nothing HTTP/1.1 and h2c server, to measure the most this machine can
+//! serve for a request shape. The command line only; the server is `sluice_loadtest::ceiling`.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
