@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::progress::Progress;
 use crate::run::{Config, Summary, Window};
 use crate::stats::{ErrorKind, Recorder};
 
@@ -185,8 +186,9 @@ pub async fn run(config: &Config, template: GrpcTemplate) -> anyhow::Result<Summ
         end: start + config.duration,
     };
     let mut tasks = Vec::with_capacity(config.connections);
+    let mut progress = Progress::default();
     for _ in 0..config.connections {
-        let recorder = Recorder::new(config.timeout)?;
+        let recorder = Recorder::new(config.timeout)?.with_live(progress.counter());
         tasks.push(tokio::spawn(run_connection(
             config.addr,
             Arc::clone(&template),
@@ -195,10 +197,14 @@ pub async fn run(config: &Config, template: GrpcTemplate) -> anyhow::Result<Summ
             recorder,
         )));
     }
+    let printer = config.progress.then(|| progress.spawn(window));
     let mut merged = Recorder::new(config.timeout)?;
     for task in tasks {
         let recorder = task.await.context("a connection task failed")?;
         merged.merge(&recorder)?;
+    }
+    if let Some(printer) = printer {
+        printer.abort();
     }
     Ok(Summary {
         recorder: merged,

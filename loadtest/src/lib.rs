@@ -11,9 +11,12 @@
 //! - [`target`]: what to send (method, path, headers, body), built once and cloned per request;
 //! - [`http1`], [`http2`]: one HTTP/1.1 or HTTP/2 (h2c) connection's loop; [`grpc`] sits
 //!   beside them and all fill the same [`stats::Recorder`];
+//! - [`npy`]: `--npy`, v2 JSON bodies built at start-up from a sample's rows;
 //! - [`run`]: the phases (warm-up, measurement) and the fan-out over connections;
 //! - [`stats`]: per-connection recording with no shared state on the hot path;
+//! - [`progress`]: the live progress line;
 //! - [`report`]: the merged numbers, as a table or as JSON;
+//! - [`svg`]: the latency-percentile plot;
 //! - [`ceiling`]: the do-nothing server.
 #![forbid(unsafe_code)]
 
@@ -21,9 +24,12 @@ pub mod ceiling;
 pub mod grpc;
 pub mod http1;
 pub mod http2;
+pub mod npy;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod svg;
 pub mod target;
 
 pub use report::Report;

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderName, HeaderValue, Method};
+use sluice_loadtest::npy::{self, ColumnChange, Matrix};
 use sluice_loadtest::{Config, Report, RequestTemplate, target};
 
 /// Closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending a request,
@@ -23,8 +24,31 @@ struct Args {
     url: String,
 
     /// File whose bytes are the request body; read once. Without it requests have no body.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "npy")]
     body: Option<PathBuf>,
+
+    /// Instead of --body: build v2 JSON bodies from the rows of a 2-D float32 .npy sample,
+    /// --batch rows each, taken round-robin (at most 1000 distinct bodies, built at start-up).
+    #[arg(long, value_name = "FILE")]
+    npy: Option<PathBuf>,
+
+    /// With --npy: the input tensor's name.
+    #[arg(long, default_value = "input", requires = "npy")]
+    input_name: String,
+
+    /// With --npy: rows per request.
+    #[arg(long, default_value = "1", requires = "npy")]
+    batch: NonZeroUsize,
+
+    /// With --npy: add DELTA to feature column COL before encoding (to provoke drift); repeat
+    /// for more.
+    #[arg(long, value_name = "COL=DELTA", requires = "npy", value_parser = parse_change)]
+    shift: Vec<ColumnChange>,
+
+    /// With --npy: multiply feature column COL by FACTOR before encoding (and before any
+    /// --shift); repeat for more.
+    #[arg(long, value_name = "COL=FACTOR", requires = "npy", value_parser = parse_change)]
+    scale: Vec<ColumnChange>,
 
     /// Concurrent connections, each with one request in flight.
     #[arg(short, long, default_value = "64")]
@@ -74,6 +98,14 @@ struct Args {
     /// request in flight per connection.
     #[arg(long)]
     http2: bool,
+
+    /// No progress line on stderr (it is printed once a second otherwise).
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// Also write the latency-percentile plot (HDR histogram, log "nines" x axis) as SVG here.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +120,10 @@ fn parse_method(arg: &str) -> Result<Method, String> {
 
 fn parse_header(arg: &str) -> Result<(HeaderName, HeaderValue), String> {
     target::parse_header(arg).map_err(|e| format!("{e:#}"))
+}
+
+fn parse_change(arg: &str) -> Result<ColumnChange, String> {
+    npy::parse_column_change(arg).map_err(|e| format!("{e:#}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,7 +155,24 @@ async fn load(args: Args) -> anyhow::Result<()> {
         ),
         None => Bytes::new(),
     };
-    let template = RequestTemplate::new(&args.url, args.method, args.headers, body.clone())?;
+    let bodies = match &args.npy {
+        Some(path) => {
+            let mut sample = Matrix::read(path)?;
+            for change in &args.scale {
+                sample.apply(*change, true)?;
+            }
+            for change in &args.shift {
+                sample.apply(*change, false)?;
+            }
+            sample.bodies(&args.input_name, args.batch.get())?
+        }
+        None => vec![body.clone()],
+    };
+    if args.npy.is_some() && args.protocol == Protocol::Grpc {
+        bail!("--npy is implemented for --protocol http only");
+    }
+    let template = RequestTemplate::new(&args.url, args.method, args.headers, bodies[0].clone())?
+        .with_bodies(bodies)?;
     let addr = template.resolve().await?;
     let config = Config {
         addr,
@@ -130,6 +183,7 @@ async fn load(args: Args) -> anyhow::Result<()> {
         timeout: args.timeout,
         rate: args.rate,
         http2: args.http2,
+        progress: !args.quiet,
     };
     if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--rate must be a positive number of requests per second");
@@ -156,6 +210,19 @@ async fn load(args: Args) -> anyhow::Result<()> {
         report.write_table(&mut out, &config)?;
     }
     out.flush()?;
+
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{} {}: {} connections, {:.0} req/s",
+            config.template.method(),
+            config.template.url(),
+            report.connections,
+            report.throughput_rps
+        );
+        let svg = sluice_loadtest::svg::latency_svg(summary.recorder.latency_us(), &title);
+        std::fs::write(path, svg)
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+    }
 
     if report.requests == 0 {
         bail!("no responses in the measured window");

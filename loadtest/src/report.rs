@@ -78,9 +78,14 @@ impl Report {
     pub fn write_table(&self, out: &mut impl Write, config: &Config) -> io::Result<()> {
         let template = &config.template;
         writeln!(out, "{} {}", template.method(), template.url())?;
+        let http = if config.http2 { ", HTTP/2 (h2c)" } else { "" };
+        let pacing = match config.rate {
+            Some(rate) => format!("open loop at {rate} req/s"),
+            None => "closed loop".to_owned(),
+        };
         writeln!(
             out,
-            "{} connections, closed loop, {} measured after {} warm-up",
+            "{} connections{http}, {pacing}, {} measured after {} warm-up",
             self.connections,
             humantime::format_duration(config.duration),
             humantime::format_duration(config.warmup),

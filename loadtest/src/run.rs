@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
+use crate::progress::Progress;
 use crate::stats::Recorder;
 use crate::target::{BodyCursor, RequestTemplate};
 use crate::{http1, http2};
@@ -32,6 +33,8 @@ pub struct Config {
     pub rate: Option<f64>,
     /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub http2: bool,
+    /// Print a progress line on stderr every second.
+    pub progress: bool,
 }
 
 /// An open-loop schedule for one connection: send times `first + k * interval`. Latency is
@@ -110,9 +113,10 @@ pub async fn run(config: &Config) -> anyhow::Result<Summary> {
     // The open-loop mode and other protocols plug in here: each is a task per connection that
     // returns a Recorder.
     let mut tasks = Vec::with_capacity(config.connections);
+    let mut progress = Progress::default();
     let now = Instant::now();
     for index in 0..config.connections {
-        let recorder = Recorder::new(config.timeout)?;
+        let recorder = Recorder::new(config.timeout)?.with_live(progress.counter());
         let pace = config
             .rate
             .map(|rate| Pace::for_connection(rate, config.connections, index, now));
@@ -141,10 +145,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Summary> {
         });
     }
 
+    let printer = config.progress.then(|| progress.spawn(window));
     let mut merged = Recorder::new(config.timeout)?;
     for task in tasks {
         let recorder = task.await.context("a connection task failed")?;
         merged.merge(&recorder)?;
+    }
+    if let Some(printer) = printer {
+        printer.abort();
     }
     Ok(Summary {
         recorder: merged,
@@ -172,6 +180,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             rate: None,
             http2: false,
+            progress: false,
         })
     }
 

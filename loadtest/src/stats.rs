@@ -6,11 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use http::StatusCode;
+
+use crate::progress::LiveCount;
 
 /// Significant figures kept by the latency histogram: 0.1% error at any magnitude.
 const SIGNIFICANT_FIGURES: u8 = 3;
@@ -57,6 +60,8 @@ pub struct Recorder {
     latency_us: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: [u64; ErrorKind::ALL.len()],
+    /// Also counts into this, for the progress line, when set.
+    live: Option<Arc<LiveCount>>,
 }
 
 impl Recorder {
@@ -73,7 +78,14 @@ impl Recorder {
             latency_us,
             statuses: BTreeMap::new(),
             errors: [0; ErrorKind::ALL.len()],
+            live: None,
         })
+    }
+
+    /// Also counts every response and error into `live`, for the progress line.
+    pub fn with_live(mut self, live: Arc<LiveCount>) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Records one complete response.
@@ -81,11 +93,17 @@ impl Recorder {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_us.saturating_record(us);
         *self.statuses.entry(status.as_u16()).or_insert(0) += 1;
+        if let Some(live) = &self.live {
+            live.response();
+        }
     }
 
     /// Records one request that got no response.
     pub fn error(&mut self, kind: ErrorKind) {
         self.errors[kind.index()] += 1;
+        if let Some(live) = &self.live {
+            live.error();
+        }
     }
 
     /// Adds everything `other` recorded to this recorder.
