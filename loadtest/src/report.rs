@@ -18,6 +18,8 @@ pub struct Report {
     /// `requests / duration_s`.
     pub throughput_rps: f64,
     pub latency_ms: LatencyMs,
+    /// The same over successful (2xx) responses only.
+    pub ok_latency_ms: LatencyMs,
     /// Responses per HTTP status code.
     pub status_counts: BTreeMap<u16, u64>,
     /// Requests that got no response, per [`ErrorKind`]; every kind is present, zeros included.
@@ -36,11 +38,23 @@ pub struct LatencyMs {
     pub mean: f64,
 }
 
+impl LatencyMs {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> LatencyMs {
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencyMs {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
 impl Report {
     pub fn new(summary: &Summary) -> Self {
         let r = &summary.recorder;
-        let h = r.latency_us();
-        let ms = |us: u64| us as f64 / 1000.0;
         let duration_s = summary.duration.as_secs_f64();
         let requests = r.responses();
         Self {
@@ -51,14 +65,8 @@ impl Report {
             } else {
                 0.0
             },
-            latency_ms: LatencyMs {
-                p50: ms(h.value_at_quantile(0.50)),
-                p90: ms(h.value_at_quantile(0.90)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-                mean: h.mean() / 1000.0,
-            },
+            latency_ms: LatencyMs::of(r.latency_us()),
+            ok_latency_ms: LatencyMs::of(r.ok_latency_us()),
             status_counts: r.statuses().clone(),
             errors: ErrorKind::ALL
                 .iter()

@@ -58,6 +58,9 @@ impl fmt::Display for ErrorKind {
 pub struct Recorder {
     /// Latency of every response, in microseconds.
     latency_us: Histogram<u64>,
+    /// Latency of 2xx responses only: under overload, fast refusals would otherwise hide how
+    /// long the admitted requests took.
+    ok_latency_us: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: [u64; ErrorKind::ALL.len()],
     /// Also counts into this, for the progress line, when set.
@@ -75,6 +78,7 @@ impl Recorder {
         let latency_us = Histogram::new_with_bounds(1, high, SIGNIFICANT_FIGURES)
             .context("cannot build latency histogram")?;
         Ok(Self {
+            ok_latency_us: latency_us.clone(),
             latency_us,
             statuses: BTreeMap::new(),
             errors: [0; ErrorKind::ALL.len()],
@@ -92,6 +96,9 @@ impl Recorder {
     pub fn response(&mut self, status: StatusCode, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency_us.saturating_record(us);
+        if status.is_success() {
+            self.ok_latency_us.saturating_record(us);
+        }
         *self.statuses.entry(status.as_u16()).or_insert(0) += 1;
         if let Some(live) = &self.live {
             live.response();
@@ -108,6 +115,9 @@ impl Recorder {
 
     /// Adds everything `other` recorded to this recorder.
     pub fn merge(&mut self, other: &Recorder) -> anyhow::Result<()> {
+        self.ok_latency_us
+            .add(&other.ok_latency_us)
+            .context("cannot merge latency histograms")?;
         self.latency_us
             .add(&other.latency_us)
             .context("cannot merge latency histograms")?;
@@ -128,6 +138,11 @@ impl Recorder {
     /// The latency histogram, in microseconds.
     pub fn latency_us(&self) -> &Histogram<u64> {
         &self.latency_us
+    }
+
+    /// Latencies of successful (2xx) responses only.
+    pub fn ok_latency_us(&self) -> &Histogram<u64> {
+        &self.ok_latency_us
     }
 
     /// Responses per status code.
