@@ -26,7 +26,7 @@ start_sluice() {
 # load LABEL sluice-load-args...: one run, one summary line.
 load() {
     local label=$1; shift
-    "$BIN/sluice-load" --json "$@" | python3 -c "
+    "$BIN/sluice-load" --json --quiet "$@" | python3 -c "
 import json, sys
 d = json.load(sys.stdin); l = d['latency_ms']
 bad = sum(v for k, v in d['status_counts'].items() if k != '200') + sum(d['errors'].values())

@@ -147,6 +147,13 @@ fn work(mut backend: Box<dyn Backend>, jobs: Receiver<Job>, batching: Option<Bat
             run_alone(backend.as_mut(), first);
             continue;
         };
+        // An idle queue means no company is coming soon: run at once rather than make a lone
+        // request pay the delay. Batches form when requests arrive faster than the worker
+        // runs them, which is when batching pays.
+        if jobs.is_empty() {
+            run_alone(backend.as_mut(), first);
+            continue;
+        }
         // Wait for company at most until the first job has waited max_queue_delay in total.
         let until = first.enqueued + Duration::from_micros(batching.max_queue_delay_us);
         let mut rows = batch::rows(&first.inputs);
