@@ -61,24 +61,13 @@ async fn stacked_requests_get_their_own_rows() {
         }
     }
 
-    let metrics_url = format!(
-        "http://{}/metrics",
-        server.server.as_ref().unwrap().metrics_addr
-    );
-    let text = server
-        .client
-        .get(metrics_url)
-        .send()
+    let stacked = server
+        .metric(r#"sluice_batch_rows_count{model="mlp",version="1"}"#)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stacked: f64 = text
-        .lines()
-        .find(|l| l.starts_with(r#"sluice_batch_rows_count{model="mlp",version="1"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
-    assert!(stacked > 0.0, "no request was stacked:\n{text}");
+    assert!(
+        stacked > 0.0,
+        "no request was stacked:\n{}",
+        server.metrics_text().await
+    );
 }

@@ -333,25 +333,10 @@ async fn metrics_endpoint_counts_requests() {
         400
     );
 
-    let metrics_url = format!(
-        "http://{}/metrics",
-        server.server.as_ref().unwrap().metrics_addr
-    );
-    let text = server
-        .client
-        .get(metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |prefix: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no line starting with {prefix} in:\n{text}"))
+    let text = server.metrics_text().await;
+    let value = |series: &str| -> f64 {
+        series_value(&text, series)
+            .unwrap_or_else(|| panic!("no line starting with {series} in:\n{text}"))
     };
     // Other tests in this process may serve digits too: at least our requests are counted.
     assert!(

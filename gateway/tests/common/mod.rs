@@ -94,6 +94,23 @@ impl TestServer {
         self.post(path, serde_json::to_vec(body).unwrap()).await
     }
 
+    /// The Prometheus exposition text from the metrics listener.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.server.as_ref().expect("running").metrics_addr;
+        let response = self
+            .client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("metrics body")
+    }
+
+    /// The value of the first exposition line starting with `series` (name and labels).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        series_value(&self.metrics_text().await, series)
+    }
+
     /// A mutating admin call, with or without a bearer token.
     pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut request = self.client.post(self.url(path));
@@ -146,6 +163,14 @@ pub fn copy_version(source: &Path, repo: &Path, model: &str, from: u64, to: u64)
         target.join("model.onnx"),
     )
     .unwrap();
+}
+
+/// The value of the first line of exposition `text` starting with `series`.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 pub fn read_json(path: &Path) -> Value {
