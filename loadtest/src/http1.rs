@@ -46,6 +46,60 @@ pub(crate) enum Step<T> {
     WindowEnded,
 }
 
+/// What to do after an attempt to (re)connect.
+pub(crate) enum Reconnect<C> {
+    Ready(C),
+    /// The attempt failed (and was counted); the pause before the next one is over.
+    Retry,
+    /// The window ends before another attempt could start.
+    Stop,
+}
+
+/// Exponential pause between failed connects, so that a server that is down is not hammered
+/// by a hot loop.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff(RECONNECT_BACKOFF_MIN)
+    }
+
+    /// Turns a bounded connect attempt into the next step, counting a failure as `connect`.
+    pub(crate) async fn after<C>(
+        &mut self,
+        attempt: Step<Result<C, ()>>,
+        recorder: &mut Recorder,
+        window: Window,
+    ) -> Reconnect<C> {
+        match attempt {
+            Step::Done(Ok(fresh)) => {
+                self.0 = RECONNECT_BACKOFF_MIN;
+                Reconnect::Ready(fresh)
+            }
+            Step::Done(Err(())) | Step::TimedOut => {
+                record_error(recorder, window, ErrorKind::Connect);
+                let pause = Instant::now() + self.0;
+                if pause >= window.end {
+                    return Reconnect::Stop;
+                }
+                tokio::time::sleep_until(pause).await;
+                self.0 = (self.0 * 2).min(RECONNECT_BACKOFF_MAX);
+                Reconnect::Retry
+            }
+            Step::WindowEnded => Reconnect::Stop,
+        }
+    }
+}
+
+/// When the next request goes out and its latency counts from: now (closed loop) or the
+/// schedule's answer (open loop); `None` when the schedule has run past the window.
+pub(crate) async fn next_send(pace: Option<&mut Pace>, window: Window) -> Option<Instant> {
+    match pace {
+        Some(pace) => Some(pace.wait().await).filter(|due| *due < window.end),
+        None => Some(Instant::now()),
+    }
+}
+
 /// Runs one connection until `window` ends, reconnecting whenever it breaks.
 ///
 /// Only requests that finish (or fail) inside `window` are recorded; those of the warm-up, and
@@ -61,43 +115,25 @@ pub async fn run_connection(
 ) -> Recorder {
     // One timer for the task, re-armed for each step, rather than a new timer entry per request.
     let mut timer = pin!(tokio::time::sleep_until(window.end));
-    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     let mut connection: Option<Connection> = None;
 
     loop {
         if connection.as_ref().is_none_or(|c| c.driver.is_none()) {
             connection = None;
-            match bounded(timer.as_mut(), window, timeout, connect(addr)).await {
-                Step::Done(Ok(fresh)) => {
-                    backoff = RECONNECT_BACKOFF_MIN;
-                    connection = Some(fresh);
-                }
-                Step::Done(Err(())) | Step::TimedOut => {
-                    record_error(&mut recorder, window, ErrorKind::Connect);
-                    let pause = Instant::now() + backoff;
-                    if pause >= window.end {
-                        return recorder;
-                    }
-                    tokio::time::sleep_until(pause).await;
-                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                    continue;
-                }
-                Step::WindowEnded => return recorder,
+            let attempt = bounded(timer.as_mut(), window, timeout, connect(addr)).await;
+            match backoff.after(attempt, &mut recorder, window).await {
+                Reconnect::Ready(fresh) => connection = Some(fresh),
+                Reconnect::Retry => continue,
+                Reconnect::Stop => return recorder,
             }
         }
         let Some(conn) = connection.as_mut() else {
             continue;
         };
 
-        let started = match pace.as_mut() {
-            Some(pace) => {
-                let due = pace.wait().await;
-                if due >= window.end {
-                    return recorder;
-                }
-                due
-            }
-            None => Instant::now(),
+        let Some(started) = next_send(pace.as_mut(), window).await else {
+            return recorder;
         };
         let request = template.request(&mut cursor);
         let exchange = exchange(&mut conn.sender, request);

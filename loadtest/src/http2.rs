@@ -19,9 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http1::{
-    RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN, Step, bounded, drive, record_error,
-};
+use crate::http1::{Backoff, Reconnect, Step, bounded, drive, next_send, record_error};
 use crate::run::{Pace, Window};
 use crate::stats::{ErrorKind, Recorder};
 use crate::target::{BodyCursor, RequestTemplate};
@@ -46,7 +44,7 @@ pub async fn run_connection(
     mut cursor: BodyCursor,
 ) -> Recorder {
     let mut timer = pin!(tokio::time::sleep_until(window.end));
-    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     let mut connection: Option<Connection> = None;
 
     loop {
@@ -55,37 +53,19 @@ pub async fn run_connection(
             .is_none_or(|c| c.driver.is_none() || c.sender.is_closed())
         {
             connection = None;
-            match bounded(timer.as_mut(), window, timeout, connect(addr)).await {
-                Step::Done(Ok(fresh)) => {
-                    backoff = RECONNECT_BACKOFF_MIN;
-                    connection = Some(fresh);
-                }
-                Step::Done(Err(())) | Step::TimedOut => {
-                    record_error(&mut recorder, window, ErrorKind::Connect);
-                    let pause = Instant::now() + backoff;
-                    if pause >= window.end {
-                        return recorder;
-                    }
-                    tokio::time::sleep_until(pause).await;
-                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                    continue;
-                }
-                Step::WindowEnded => return recorder,
+            let attempt = bounded(timer.as_mut(), window, timeout, connect(addr)).await;
+            match backoff.after(attempt, &mut recorder, window).await {
+                Reconnect::Ready(fresh) => connection = Some(fresh),
+                Reconnect::Retry => continue,
+                Reconnect::Stop => return recorder,
             }
         }
         let Some(conn) = connection.as_mut() else {
             continue;
         };
 
-        let started = match pace.as_mut() {
-            Some(pace) => {
-                let due = pace.wait().await;
-                if due >= window.end {
-                    return recorder;
-                }
-                due
-            }
-            None => Instant::now(),
+        let Some(started) = next_send(pace.as_mut(), window).await else {
+            return recorder;
         };
         let request = template.request_h2(&mut cursor);
         let exchange = exchange(&mut conn.sender, request);
