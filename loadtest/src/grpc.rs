@@ -198,19 +198,7 @@ pub async fn run(config: &Config, template: GrpcTemplate) -> anyhow::Result<Summ
         )));
     }
     let printer = config.progress.then(|| progress.spawn(window));
-    let mut merged = Recorder::new(config.timeout)?;
-    for task in tasks {
-        let recorder = task.await.context("a connection task failed")?;
-        merged.merge(&recorder)?;
-    }
-    if let Some(printer) = printer {
-        printer.abort();
-    }
-    Ok(Summary {
-        recorder: merged,
-        duration: config.duration,
-        connections: config.connections,
-    })
+    crate::run::summarize(config, tasks, printer).await
 }
 
 /// One connection's loop until the window ends, reconnecting when it breaks.

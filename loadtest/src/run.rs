@@ -146,6 +146,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Summary> {
     }
 
     let printer = config.progress.then(|| progress.spawn(window));
+    summarize(config, tasks, printer).await
+}
+
+/// Waits for every connection task, merges what they recorded, and stops the progress line.
+pub(crate) async fn summarize(
+    config: &Config,
+    tasks: Vec<tokio::task::JoinHandle<Recorder>>,
+    printer: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Summary> {
     let mut merged = Recorder::new(config.timeout)?;
     for task in tasks {
         let recorder = task.await.context("a connection task failed")?;

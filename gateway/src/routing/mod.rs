@@ -47,10 +47,6 @@ impl ModelRoutes {
             None => self.versions.values().next_back(),
         }
     }
-
-    pub fn is_ready(&self) -> bool {
-        self.primary_version().is_some()
-    }
 }
 
 impl Snapshot {
