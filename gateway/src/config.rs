@@ -21,6 +21,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Shadow runs' budget.
     pub traffic: TrafficConfig,
+    /// The prediction log and the lifecycle events: sink, inputs, memory bound.
+    pub prediction_log: crate::predlog::PredictionLogConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -315,6 +317,7 @@ impl Config {
                 file.display()
             ));
         }
+        problems.extend(self.prediction_log.problems());
         if let Some(lib) = &r.ort_library
             && !lib.is_file()
         {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{ServeError, ServeResult};
 use crate::monitor::metrics::{self, InferenceEvent, Protocol};
+use crate::predlog::PredictionLog;
+use crate::predlog::record::{PREDICTION_SCHEMA, PredictionRecord, latency_us, new_request_id};
 use crate::repository::LoadedVersion;
 use crate::routing::shadow::{ShadowJob, Shadower};
 use crate::routing::{Route, Router, Variant};
@@ -81,6 +83,7 @@ pub struct Inference {
     router: Arc<Router>,
     request_timeout: Duration,
     shadow: Shadower,
+    log: PredictionLog,
     /// Inferences in progress across all models and protocols; beyond it requests are refused
     /// at once (503), so a flood cannot pile up work and memory behind the per-model queues.
     in_flight: tokio::sync::Semaphore,
@@ -91,12 +94,14 @@ impl Inference {
         router: Arc<Router>,
         request_timeout: Duration,
         shadow: Shadower,
+        log: PredictionLog,
         max_concurrent_requests: usize,
     ) -> Inference {
         Inference {
             router,
             request_timeout,
             shadow,
+            log,
             in_flight: tokio::sync::Semaphore::new(max_concurrent_requests),
         }
     }
@@ -145,19 +150,29 @@ impl Inference {
                 "server is overloaded: too many requests in flight",
             )
         })?;
+        // The id that ties this request's log records together (its answer and its shadow).
+        let log_id = self
+            .log
+            .enabled()
+            .then(|| request.id.clone().unwrap_or_else(new_request_id));
         let Some(shadow) = route.shadow else {
-            return self.infer_on(route.target, route.variant, request).await;
+            return self
+                .infer_on(route.target, route.variant, request, log_id)
+                .await;
         };
         // Only sampled requests pay for the copy of their inputs.
         let inputs = request.inputs.clone();
         let protocol = request.protocol;
-        let response = self.infer_on(route.target, route.variant, request).await?;
+        let response = self
+            .infer_on(route.target, route.variant, request, log_id.clone())
+            .await?;
         self.shadow.submit(ShadowJob {
             target: shadow,
             primary_version: response.version,
             inputs,
             primary_outputs: response.outputs.clone(),
             protocol,
+            log_id,
         });
         Ok(response)
     }
@@ -168,6 +183,7 @@ impl Inference {
         target: Arc<LoadedVersion>,
         variant: Variant,
         request: InferRequest,
+        log_id: Option<String>,
     ) -> ServeResult<InferResponse> {
         let started = Instant::now();
         let rows = request
@@ -177,6 +193,10 @@ impl Inference {
             .copied()
             .unwrap_or(1);
         let protocol = request.protocol;
+        let logged_inputs = log_id
+            .as_ref()
+            .filter(|_| self.log.wants_inputs())
+            .map(|_| request.inputs.clone());
         let result = self.run(&target, variant, request, started).await;
         let timings = result
             .as_ref()
@@ -197,6 +217,29 @@ impl Inference {
             batch_rows: timings.and_then(|t| t.2),
             rows,
         });
+        if let Some(id) = log_id {
+            let (status, error, outputs) = match &result {
+                Ok((response, _)) => ("ok", None, response.outputs.as_slice()),
+                Err(e) => (e.kind.as_str(), Some(e.message.as_str()), &[][..]),
+            };
+            let record = PredictionRecord {
+                schema: PREDICTION_SCHEMA,
+                timestamp: std::time::SystemTime::now(),
+                request_id: &id,
+                model: &target.model,
+                version: target.version,
+                variant,
+                protocol: protocol.as_str(),
+                status,
+                error,
+                latency_us: latency_us(elapsed),
+                rows,
+                outputs,
+                inputs: logged_inputs.as_deref(),
+                shadow: None,
+            };
+            self.log.prediction(id.clone(), record.to_json());
+        }
         result.map(|(response, _)| response)
     }
 

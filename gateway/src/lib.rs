@@ -10,6 +10,7 @@ pub mod error;
 pub mod infer;
 pub mod lifecycle;
 pub mod monitor;
+pub mod predlog;
 pub mod protocol;
 pub mod repository;
 pub mod routing;

@@ -77,6 +77,10 @@ struct ConfigArgs {
     /// Metrics port (overrides server.metrics_port).
     #[arg(long, env = "SLUICE_METRICS_PORT")]
     metrics_port: Option<u16>,
+    /// Kafka brokers for the prediction log, "host:port[,...]" (selects the Kafka sink and
+    /// overrides prediction_log.kafka.brokers).
+    #[arg(long, env = "SLUICE_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
 }
 
 const DEFAULT_CONFIG: &str = "config/sluice.toml";
@@ -106,6 +110,10 @@ impl ConfigArgs {
         }
         if let Some(port) = self.metrics_port {
             config.server.metrics_port = port;
+        }
+        if let Some(brokers) = &self.kafka_brokers {
+            config.prediction_log.sink = sluice::predlog::SinkChoice::Kafka;
+            config.prediction_log.kafka.brokers = brokers.clone();
         }
         Ok(config)
     }
@@ -150,8 +158,12 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
         sluice::server::termination_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         server.shutdown();
-        server.wait().await;
-        tracing::info!("stopped");
+        let log = server.wait().await;
+        tracing::info!(
+            log_delivered = log.delivered,
+            log_undelivered = log.undelivered,
+            "stopped"
+        );
         Ok(())
     })
 }

@@ -21,7 +21,16 @@ fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
 #[test]
 fn serve_answers_then_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[server]\nhost = \"127.0.0.1\"\n");
+    // The default sink (local JSON lines), pointed into the scratch folder.
+    let predictions = dir.path().join("logs/predictions.jsonl");
+    let events = dir.path().join("logs/events.jsonl");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nhost = \"127.0.0.1\"\n[prediction_log.file]\npath = {:?}\nevents_path = {:?}\n",
+            predictions, events
+        ),
+    );
     let mut child = sluice()
         .args(["serve", "--config"])
         .arg(&config)
@@ -89,6 +98,25 @@ fn serve_answers_then_drains_on_sigterm() {
             .get(format!("http://{address}/v2/health/live"))
             .send()
             .is_err()
+    );
+    // The shutdown flushed the prediction log: one record for the one request, and the
+    // start-up loads in the events file.
+    let lines = std::fs::read_to_string(&predictions).unwrap();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{lines}");
+    assert_eq!(records[0]["schema"], "sluice.prediction.v1");
+    assert_eq!(records[0]["model"], "digits");
+    assert_eq!(records[0]["status"], "ok");
+    assert_eq!(records[0]["variant"], "primary");
+    let events = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"kind\":\"load\"") && l.contains("\"model\":\"digits\"")),
+        "{events}"
     );
 }
 

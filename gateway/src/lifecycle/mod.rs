@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{ErrorKind, ServeError};
+use crate::predlog::{Event, EventKind, PredictionLog};
 use crate::repository::{self, Loader};
 use crate::routing::{ModelRoutes, Router};
 
@@ -40,6 +41,8 @@ pub struct ModelManager {
     busy: Mutex<BTreeSet<String>>,
     /// The last load failure per model, cleared by a successful load.
     failures: Mutex<BTreeMap<String, String>>,
+    /// Where lifecycle events go (and their log lines).
+    events: PredictionLog,
 }
 
 /// What a successful load did.
@@ -69,13 +72,25 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl ModelManager {
-    pub fn new(loader: Arc<Loader>, router: Arc<Router>) -> ModelManager {
+    pub fn new(loader: Arc<Loader>, router: Arc<Router>, events: PredictionLog) -> ModelManager {
         ModelManager {
             loader,
             router,
             busy: Mutex::new(BTreeSet::new()),
             failures: Mutex::new(BTreeMap::new()),
+            events,
         }
+    }
+
+    /// The events stream, for other parts that change models (traffic, rollouts).
+    pub fn events(&self) -> &PredictionLog {
+        &self.events
+    }
+
+    fn primary_of(&self, model: &str) -> Option<u64> {
+        let snapshot = self.router.snapshot();
+        let routes = snapshot.models.get(model)?;
+        routes.primary_version().map(|v| v.version)
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -122,20 +137,41 @@ impl ModelManager {
     /// changes and the error says why.
     pub async fn load(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
         let _guard = self.claim(model)?;
+        let primary_before = self.primary_of(model);
         let result = self.load_claimed(model).await;
         self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
         match &result {
-            Ok(report) => tracing::info!(
-                model,
-                %actor,
-                versions = ?report.versions,
-                loaded = ?report.loaded,
-                unloaded = ?report.unloaded,
-                "model published"
-            ),
-            Err(error) => {
-                tracing::warn!(model, %actor, %error, "model load failed; nothing changed")
+            Ok(report) => {
+                let reason = if report.loaded.is_empty() && report.unloaded.is_empty() {
+                    "reload: nothing changed"
+                } else {
+                    "versions published"
+                };
+                self.events
+                    .event(Event::new(EventKind::Load, model, actor, reason).details(
+                        serde_json::json!({
+                            "versions": report.versions,
+                            "loaded": report.loaded,
+                            "unloaded": report.unloaded,
+                        }),
+                    ));
+                let primary_after = self.primary_of(model);
+                if let (Some(from), Some(to)) = (primary_before, primary_after)
+                    && from != to
+                {
+                    self.events.event(
+                        Event::new(EventKind::Swap, model, actor, "primary version changed")
+                            .version(to)
+                            .details(serde_json::json!({ "from": from, "to": to })),
+                    );
+                }
             }
+            Err(error) => self.events.event(Event::new(
+                EventKind::LoadFailed,
+                model,
+                actor,
+                format!("{}; nothing changed", error.message),
+            )),
         }
         result
     }
@@ -222,7 +258,12 @@ impl ModelManager {
             next.models.remove(model);
             next
         });
-        tracing::info!(model, %actor, "model unloaded");
+        self.events.event(Event::new(
+            EventKind::Unload,
+            model,
+            actor,
+            "removed from serving",
+        ));
         Ok(())
     }
 
@@ -251,6 +292,7 @@ mod tests {
         let manager = ModelManager::new(
             Arc::new(Loader::new(&Config::default())),
             Arc::new(Router::new(Snapshot::default())),
+            PredictionLog::disabled(),
         );
         let actor = Actor::new("test");
         let running = manager.claim("credit").unwrap();

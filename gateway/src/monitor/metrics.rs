@@ -29,6 +29,12 @@ pub const SHADOW_DROPPED: &str = "sluice_shadow_dropped_total";
 pub const SHADOW_ROWS: &str = "sluice_shadow_label_rows_total";
 pub const SHADOW_AGREEING_ROWS: &str = "sluice_shadow_label_rows_agreeing_total";
 pub const SHADOW_MAX_ABS_DIFF: &str = "sluice_shadow_max_abs_diff";
+pub const PREDLOG_BACKLOG_RECORDS: &str = "sluice_predlog_backlog_records";
+pub const PREDLOG_BACKLOG_BYTES: &str = "sluice_predlog_backlog_bytes";
+pub const PREDLOG_DELIVERED: &str = "sluice_predlog_delivered_total";
+pub const PREDLOG_DROPPED: &str = "sluice_predlog_dropped_total";
+pub const PREDLOG_FAILED: &str = "sluice_predlog_failed_total";
+pub const LIFECYCLE_EVENTS: &str = "sluice_lifecycle_events_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -157,6 +163,36 @@ fn describe() {
         "Largest absolute difference between shadow and primary float outputs, per request"
     );
     describe_gauge!(
+        PREDLOG_BACKLOG_RECORDS,
+        Unit::Count,
+        "Prediction-log records waiting inside sluice for the sink"
+    );
+    describe_gauge!(
+        PREDLOG_BACKLOG_BYTES,
+        Unit::Bytes,
+        "Memory held by prediction-log records waiting for the sink"
+    );
+    describe_counter!(
+        PREDLOG_DELIVERED,
+        Unit::Count,
+        "Prediction-log records the sink acknowledged (Kafka) or wrote (file), by stream"
+    );
+    describe_counter!(
+        PREDLOG_DROPPED,
+        Unit::Count,
+        "Prediction-log records dropped by sluice, by stream and reason (backlog_full, shutdown, closed)"
+    );
+    describe_counter!(
+        PREDLOG_FAILED,
+        Unit::Count,
+        "Prediction-log records the sink refused or could not write, by stream"
+    );
+    describe_counter!(
+        LIFECYCLE_EVENTS,
+        Unit::Count,
+        "Lifecycle events (load, unload, swap, traffic, rollout steps, rollbacks) by model and kind"
+    );
+    describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
         "Model versions in memory (loaded, or swapped out with requests still in flight)"
@@ -252,4 +288,25 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
         gauge!(SHADOW_SAMPLE_RATE, "model" => name.clone()).set(rate.unwrap_or(0.0));
         gauge!(LOADED_VERSIONS, "model" => name.clone()).set(routes.versions.len() as f64);
     }
+}
+
+pub fn record_predlog_delivered(stream: &'static str, n: u64) {
+    counter!(PREDLOG_DELIVERED, "stream" => stream).increment(n);
+}
+
+pub fn record_predlog_failed(stream: &'static str, n: u64) {
+    counter!(PREDLOG_FAILED, "stream" => stream).increment(n);
+}
+
+pub fn record_predlog_dropped(stream: &'static str, reason: &'static str) {
+    counter!(PREDLOG_DROPPED, "stream" => stream, "reason" => reason).increment(1);
+}
+
+pub fn record_predlog_backlog(records: usize, bytes: usize) {
+    gauge!(PREDLOG_BACKLOG_RECORDS).set(records as f64);
+    gauge!(PREDLOG_BACKLOG_BYTES).set(bytes as f64);
+}
+
+pub fn record_lifecycle_event(model: &str, kind: &'static str) {
+    counter!(LIFECYCLE_EVENTS, "model" => model.to_string(), "kind" => kind).increment(1);
 }

@@ -13,6 +13,8 @@ use super::compare::{ShadowSummary, compare};
 use super::traffic::Variant;
 use crate::infer::order_inputs;
 use crate::monitor::metrics::{self, InferenceEvent, Protocol};
+use crate::predlog::PredictionLog;
+use crate::predlog::record::{PREDICTION_SCHEMA, PredictionRecord, ShadowComparison, latency_us};
 use crate::repository::LoadedVersion;
 use crate::tensor::Tensor;
 
@@ -24,6 +26,9 @@ pub struct ShadowJob {
     /// The primary's answer (the outputs the client asked for).
     pub primary_outputs: Vec<Tensor>,
     pub protocol: Protocol,
+    /// The primary's log record id; the shadow's record shares it. `None` when the
+    /// prediction log is off.
+    pub log_id: Option<String>,
 }
 
 type Totals = Arc<Mutex<HashMap<(String, u64), ShadowSummary>>>;
@@ -36,7 +41,12 @@ pub struct Shadower {
 
 impl Shadower {
     /// Starts the dispatcher: at most `workers` shadow runs at once, `capacity` waiting.
-    pub fn start(workers: usize, capacity: usize, timeout: Duration) -> Shadower {
+    pub fn start(
+        workers: usize,
+        capacity: usize,
+        timeout: Duration,
+        log: PredictionLog,
+    ) -> Shadower {
         let (queue, mut jobs) = mpsc::channel::<ShadowJob>(capacity.max(1));
         let totals: Totals = Arc::default();
         let budget = Arc::new(Semaphore::new(workers.max(1)));
@@ -47,8 +57,9 @@ impl Shadower {
                     return;
                 };
                 let totals = Arc::clone(&worker_totals);
+                let log = log.clone();
                 tokio::spawn(async move {
-                    run(job, &totals, timeout).await;
+                    run(job, &totals, timeout, &log).await;
                     drop(permit);
                 });
             }
@@ -93,7 +104,7 @@ fn update(totals: &Totals, job: &ShadowJob, change: impl FnOnce(&mut ShadowSumma
     }
 }
 
-async fn run(job: ShadowJob, totals: &Totals, timeout: Duration) {
+async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &PredictionLog) {
     let started = Instant::now();
     let target = &job.target;
     let rows = job
@@ -123,15 +134,44 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration) {
         batch_rows: result.as_ref().ok().and_then(|r| r.batch_rows),
         rows,
     });
-    match result {
+    let elapsed = started.elapsed();
+    let (status, error, outputs, comparison) = match &result {
         Ok(run) => {
             let comparison = compare(&job.primary_outputs, &run.outputs);
             metrics::record_shadow_comparison(&target.model, target.version, &comparison);
             update(totals, &job, |s| s.add(&comparison));
+            ("ok", None, run.outputs.as_slice(), Some(comparison))
         }
         Err(error) => {
             tracing::debug!(model = %target.model, version = target.version, %error, "shadow run failed");
             update(totals, &job, |s| s.failed += 1);
+            (
+                error.kind.as_str(),
+                Some(error.message.as_str()),
+                &[][..],
+                None,
+            )
         }
+    };
+    if let Some(id) = &job.log_id {
+        let record = PredictionRecord {
+            schema: PREDICTION_SCHEMA,
+            timestamp: std::time::SystemTime::now(),
+            request_id: id,
+            model: &target.model,
+            version: target.version,
+            variant: Variant::Shadow,
+            protocol: job.protocol.as_str(),
+            status,
+            error,
+            latency_us: latency_us(elapsed),
+            rows,
+            outputs,
+            inputs: None,
+            shadow: comparison
+                .as_ref()
+                .map(|c| ShadowComparison::new(job.primary_version, c)),
+        };
+        log.prediction(id.clone(), record.to_json());
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::http::{HttpState, json_ok, read_body};
 use crate::error::{ServeError, ServeResult};
 use crate::lifecycle::{IndexEntry, ModelState};
+use crate::predlog::{Event, EventKind};
 use crate::repository::LoadedVersion;
 use crate::routing::compare::ShadowSummary;
 use crate::routing::{ModelRoutes, TrafficPolicy};
@@ -256,11 +257,9 @@ async fn set_traffic(
             Ok::<_, ServeError>(next)
         })?;
         let in_force = applied.map(|t| t.to_policy()).unwrap_or_default();
-        tracing::info!(
-            model = %model,
-            %actor,
-            policy = %serde_json::to_string(&in_force).unwrap_or_default(),
-            "traffic policy changed"
+        state.models.events().event(
+            Event::new(EventKind::Traffic, &model, &actor, "traffic policy changed")
+                .details(serde_json::to_value(&in_force).unwrap_or_default()),
         );
         Ok::<_, ServeError>(json_ok(&in_force))
     };

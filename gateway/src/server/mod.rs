@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::infer::Inference;
 use crate::lifecycle::ModelManager;
+use crate::predlog::{CloseReport, PredictionLog};
 use crate::repository::Loader;
 use crate::routing::{Router, Snapshot};
 
@@ -27,7 +28,11 @@ pub struct Server {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub models: Arc<ModelManager>,
+    pub log: PredictionLog,
+    drain: Duration,
     shutdown: watch::Sender<bool>,
+    /// When shutdown was asked for: the prediction log's flush shares the drain deadline.
+    stopping_since: std::sync::Mutex<Option<std::time::Instant>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -61,18 +66,22 @@ impl Server {
                 tracing::info!(%reason, "ONNX Runtime unavailable; tract serves every model")
             }
         }
+        let log = PredictionLog::start(&config.prediction_log)
+            .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
         let router = Arc::new(Router::new(Snapshot::default()));
-        let models = Arc::new(ModelManager::new(loader, Arc::clone(&router)));
+        let models = Arc::new(ModelManager::new(loader, Arc::clone(&router), log.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let shadow = crate::routing::shadow::Shadower::start(
             config.traffic.shadow_workers,
             config.traffic.shadow_queue,
             config.server.request_timeout,
+            log.clone(),
         );
         let inference = Arc::new(Inference::new(
             router,
             config.server.request_timeout,
             shadow,
+            log.clone(),
             config.server.max_concurrent_requests,
         ));
         let (shutdown, _) = watch::channel(false);
@@ -138,21 +147,42 @@ impl Server {
             grpc_addr,
             metrics_addr,
             models,
+            log,
+            drain,
             shutdown,
+            stopping_since: std::sync::Mutex::new(None),
             tasks,
         })
     }
 
     /// Stops accepting connections; in-flight requests finish (bounded by the drain timeout).
     pub fn shutdown(&self) {
+        if let Ok(mut since) = self.stopping_since.lock() {
+            since.get_or_insert_with(std::time::Instant::now);
+        }
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until every listener has drained.
-    pub async fn wait(self) {
+    /// Waits until every listener has drained, then flushes the prediction log within what
+    /// is left of the drain timeout (at least a second).
+    pub async fn wait(self) -> CloseReport {
         for task in self.tasks {
             let _ = task.await;
         }
+        let since = self
+            .stopping_since
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .unwrap_or_else(std::time::Instant::now);
+        let left = self
+            .drain
+            .saturating_sub(since.elapsed())
+            .max(Duration::from_secs(1));
+        let log = self.log;
+        tokio::task::spawn_blocking(move || log.close(left))
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -48,6 +48,8 @@ pub fn test_config(repo: &Path, runtime: RuntimeChoice) -> Config {
     config.repository.path = repo.to_path_buf();
     config.runtime.default = runtime;
     config.runtime.instances = 2;
+    // Tests that check the prediction log turn it on themselves.
+    config.prediction_log.sink = sluice::predlog::SinkChoice::None;
     config
 }
 

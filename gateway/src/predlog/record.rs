@@ -1,0 +1,264 @@
+//! The records sluice writes: one `sluice.prediction.v1` object per prediction (primary,
+//! canary, direct and shadow runs) and one `sluice.event.v1` object per lifecycle change.
+//! Both are serialised on the request path into exact bytes, so that the backlog's memory
+//! bound counts what is really held.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::protocol::v2::JsonData;
+use crate::routing::Variant;
+use crate::routing::compare::Comparison;
+use crate::tensor::Tensor;
+
+pub const PREDICTION_SCHEMA: &str = "sluice.prediction.v1";
+pub const EVENT_SCHEMA: &str = "sluice.event.v1";
+
+/// One prediction, as written to the log.
+#[derive(Serialize)]
+pub struct PredictionRecord<'a> {
+    pub schema: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    /// The client's request id, or one sluice generated. Records of one request (its primary
+    /// answer and its shadow copy) share it, and it is their Kafka key.
+    pub request_id: &'a str,
+    pub model: &'a str,
+    pub version: u64,
+    pub variant: Variant,
+    pub protocol: &'static str,
+    /// "ok", or the error kind (bad_request, timeout, model_failure, ...).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// Time from decoded request to result, queueing included.
+    pub latency_us: u64,
+    /// Rows in the request (the batch dimension of its first input).
+    pub rows: usize,
+    #[serde(serialize_with = "tensors")]
+    pub outputs: &'a [Tensor],
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "some_tensors"
+    )]
+    pub inputs: Option<&'a [Tensor]>,
+    /// For shadow runs: how the shadow's answer compared with the primary's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowComparison>,
+}
+
+impl PredictionRecord<'_> {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain structs of numbers and strings always serialise.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The shadow's comparison with the primary, in a shadow record.
+#[derive(Debug, Serialize)]
+pub struct ShadowComparison {
+    pub primary_version: u64,
+    pub label_rows: u64,
+    pub agreeing_rows: u64,
+    pub max_abs_diff: f64,
+    pub max_rel_diff: f64,
+    pub mismatched_outputs: u64,
+}
+
+impl ShadowComparison {
+    pub fn new(primary_version: u64, c: &Comparison) -> ShadowComparison {
+        ShadowComparison {
+            primary_version,
+            label_rows: c.label_rows,
+            agreeing_rows: c.agreeing_rows,
+            max_abs_diff: c.max_abs_diff,
+            max_rel_diff: c.max_rel_diff,
+            mismatched_outputs: c.mismatched_outputs,
+        }
+    }
+}
+
+/// A lifecycle change: what happened, to which model, who asked and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub schema: &'static str,
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    pub kind: EventKind,
+    pub model: String,
+    /// The version the event is about, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Who asked: "start-up", "repository poller", "admin api: ...", "guard".
+    pub actor: String,
+    /// Why, in words.
+    pub reason: String,
+    /// Kind-specific facts (versions loaded, the policy in force, the numbers behind a
+    /// rollback).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Versions were loaded and published.
+    Load,
+    /// A load failed; nothing changed.
+    LoadFailed,
+    /// A model was removed from serving.
+    Unload,
+    /// The primary version changed.
+    Swap,
+    /// The traffic policy changed.
+    Traffic,
+    RolloutStep,
+    Promote,
+    Rollback,
+    Drift,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Load => "load",
+            EventKind::LoadFailed => "load_failed",
+            EventKind::Unload => "unload",
+            EventKind::Swap => "swap",
+            EventKind::Traffic => "traffic",
+            EventKind::RolloutStep => "rollout_step",
+            EventKind::Promote => "promote",
+            EventKind::Rollback => "rollback",
+            EventKind::Drift => "drift",
+        }
+    }
+}
+
+impl Event {
+    pub fn new(
+        kind: EventKind,
+        model: impl Into<String>,
+        actor: impl ToString,
+        reason: impl Into<String>,
+    ) -> Event {
+        Event {
+            schema: EVENT_SCHEMA,
+            timestamp: SystemTime::now(),
+            kind,
+            model: model.into(),
+            version: None,
+            actor: actor.to_string(),
+            reason: reason.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn version(mut self, version: u64) -> Event {
+        self.version = Some(version);
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Event {
+        self.details = details;
+        self
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A request id for requests that brought none: unique within the process (a counter) and,
+/// with overwhelming odds, across processes and restarts (a random prefix).
+pub fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}-{n:012x}")
+}
+
+pub fn latency_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*t))
+}
+
+#[derive(Serialize)]
+struct TensorJson<'a> {
+    name: &'a str,
+    datatype: crate::tensor::DataType,
+    shape: &'a [usize],
+    data: JsonData<'a>,
+}
+
+fn tensors<S: Serializer>(tensors: &&[Tensor], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(tensors.iter().map(|t| TensorJson {
+        name: &t.name,
+        datatype: t.datatype(),
+        shape: &t.shape,
+        data: JsonData(&t.data),
+    }))
+}
+
+fn some_tensors<S: Serializer>(t: &Option<&[Tensor]>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => tensors(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::TensorData;
+
+    #[test]
+    fn a_prediction_record_has_the_documented_fields() {
+        let outputs = vec![Tensor::new("label", vec![1], TensorData::I64(vec![1])).unwrap()];
+        let inputs = vec![Tensor::new("x", vec![1, 2], TensorData::F32(vec![0.5, 2.0])).unwrap()];
+        let record = PredictionRecord {
+            schema: PREDICTION_SCHEMA,
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            request_id: "r-1",
+            model: "churn",
+            version: 2,
+            variant: Variant::Canary,
+            protocol: "v2_json",
+            status: "ok",
+            error: None,
+            latency_us: 180,
+            rows: 1,
+            outputs: &outputs,
+            inputs: Some(&inputs),
+            shadow: None,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "schema": "sluice.prediction.v1",
+                "timestamp": "2023-11-14T22:13:20.123456Z",
+                "request_id": "r-1",
+                "model": "churn",
+                "version": 2,
+                "variant": "canary",
+                "protocol": "v2_json",
+                "status": "ok",
+                "latency_us": 180,
+                "rows": 1,
+                "outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": [1]}],
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 2.0]}],
+            })
+        );
+    }
+
+    #[test]
+    fn generated_request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}
