@@ -2,6 +2,7 @@
 # The test suite: everything CI runs, in one command, from any fresh clone.
 #   - fetches the ONNX Runtime library (so both runtimes are tested),
 #   - prepares the Python environment for the protocol-conformance tests,
+#   - installs tansu (a Kafka-protocol broker) for the prediction-log tests, once,
 #   - runs the Rust unit and end-to-end tests.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,9 +10,12 @@ cd "$ROOT"
 
 eval "$(bash scripts/fetch-ort.sh | tail -n 1 | sed 's/^/export /')"
 eval "$(bash scripts/python-deps.sh | tail -n 1 | sed 's/^/export /')"
+eval "$(bash scripts/install-tansu.sh | tail -n 1 | sed 's/^/export /')"
 # A missing ONNX Runtime must fail the run, not quietly test tract alone.
 export SLUICE_REQUIRE_ORT=1
 # Likewise a missing Python environment must fail the Triton-client conformance tests.
 export SLUICE_REQUIRE_PYTHON=1
+# And a missing Kafka-protocol broker must fail the prediction-log tests.
+export SLUICE_REQUIRE_KAFKA=1
 
 cargo test --workspace --all-targets

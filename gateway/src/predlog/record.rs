@@ -91,7 +91,7 @@ pub struct Event {
     /// The version the event is about, when it is about one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
-    /// Who asked: "start-up", "repository poller", "admin api: ...", "guard".
+    /// Who asked: "start-up", "repository poller", "token holder at ADDR", "guard".
     pub actor: String,
     /// Why, in words.
     pub reason: String,

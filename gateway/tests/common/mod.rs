@@ -2,6 +2,8 @@
 //! real sockets, compare outputs with reference files.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
