@@ -32,16 +32,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use sluice::config::RuntimeChoice;
+use sluice::predlog::SinkChoice;
 
-/// Metric-name prefixes of metrics that sluice does not export yet (drift, prediction log,
-/// lifecycle events and rollouts are being built). Expressions using them are skipped with a
+/// Metric-name prefixes of metrics that sluice does not export yet (drift and rollouts are
+/// being built). Expressions using them are skipped with a
 /// note. Remove a prefix when its feature lands: its expressions must then return data here
 /// (which may mean this test has to provoke them: a drift profile, a sink, a rollout).
 const PENDING_METRIC_PREFIXES: &[&str] = &[
     "sluice_drift_",
     "sluice_prediction_drift_",
-    "sluice_predlog_",
-    "sluice_lifecycle_events_",
     "sluice_rollout_",
 ];
 
@@ -56,8 +55,9 @@ const GRAFANA_VARIABLES: &[(&str, &str)] = &[
 ];
 
 /// Series that must be in sluice's /metrics before Prometheus is asked anything: each is
-/// provoked by the load below (a canary, bad requests, stacked batches, a shadow with a tiny
-/// queue that both compares and drops copies).
+/// provoked by the setup and load below (a canary, bad requests, stacked batches, a shadow with
+/// a tiny queue that both compares and drops copies, a prediction log with a one-record
+/// backlog that delivers and drops, and an events file on a full disk).
 const PROVOKED: &[&str] = &[
     "variant=\"canary\"",
     "variant=\"direct\"",
@@ -67,6 +67,11 @@ const PROVOKED: &[&str] = &[
     "sluice_shadow_label_rows_agreeing_total",
     "sluice_shadow_max_abs_diff_bucket",
     "sluice_shadow_dropped_total",
+    "sluice_predlog_backlog_records",
+    "sluice_predlog_delivered_total",
+    "sluice_predlog_dropped_total",
+    "sluice_predlog_failed_total",
+    "kind=\"traffic\"",
 ];
 
 const MODEL: &str = "credit";
@@ -521,6 +526,14 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
     // A one-slot shadow queue: some copies are compared, others dropped (both are metrics).
     config.traffic.shadow_workers = 1;
     config.traffic.shadow_queue = 1;
+    // The file prediction log with a one-record backlog, so bursts both deliver and drop
+    // records; the events stream writes to /dev/full, a disk that is always full, so its
+    // writes fail.
+    let logs = tempfile::tempdir().unwrap();
+    config.prediction_log.sink = SinkChoice::File;
+    config.prediction_log.file.path = logs.path().join("predictions.jsonl");
+    config.prediction_log.file.events_path = PathBuf::from("/dev/full");
+    config.prediction_log.backlog_records = 1;
     let server = Arc::new(TestServer::start(config).await);
     let metrics_addr = server.server.as_ref().unwrap().metrics_addr;
 
@@ -541,6 +554,9 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
         burst(&server, 32).await;
+        // A lull: the file sink counts records as delivered when it flushes, which it does
+        // once no record has come for a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let text = server.metrics_text().await;
         let missing: Vec<_> = PROVOKED.iter().filter(|s| !text.contains(*s)).collect();
         if missing.is_empty() {
