@@ -266,6 +266,11 @@ async fn a_broker_outage_mid_run_loses_nothing() {
     wait_delivered(&server, 500, Duration::from_secs(30)).await;
     broker.stop();
     send(&server, 500..1500).await;
+    let during = log_stats(&server);
+    assert_eq!(
+        during.delivered, 500,
+        "nothing can be delivered while the broker is down"
+    );
     broker.resume();
     send(&server, 1500..2000).await;
     wait_delivered(&server, 2000, Duration::from_secs(90)).await;

@@ -302,6 +302,18 @@ pub fn record_predlog_dropped(stream: &'static str, reason: &'static str) {
     counter!(PREDLOG_DROPPED, "stream" => stream, "reason" => reason).increment(1);
 }
 
+/// Creates the prediction-log counters at 0, so that `rate()` and `increase()` see the first
+/// drop or failure (a series that appears at 1 has no increase).
+pub fn zero_predlog_counters() {
+    for stream in ["predictions", "events"] {
+        counter!(PREDLOG_DELIVERED, "stream" => stream).increment(0);
+        counter!(PREDLOG_FAILED, "stream" => stream).increment(0);
+        for reason in ["backlog_full", "shutdown", "closed"] {
+            counter!(PREDLOG_DROPPED, "stream" => stream, "reason" => reason).increment(0);
+        }
+    }
+}
+
 pub fn record_predlog_backlog(records: usize, bytes: usize) {
     gauge!(PREDLOG_BACKLOG_RECORDS).set(records as f64);
     gauge!(PREDLOG_BACKLOG_BYTES).set(bytes as f64);

@@ -36,8 +36,9 @@ pub fn tansu_available() -> bool {
 pub struct Tansu {
     child: Option<Child>,
     pub port: u16,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Holds the broker's SQLite file, which survives a stop and resume.
+    dir: PathBuf,
+    _scratch: tempfile::TempDir,
 }
 
 impl Tansu {
@@ -47,8 +48,8 @@ impl Tansu {
         let mut broker = Tansu {
             child: None,
             port,
-            db: dir.path().join("tansu.db"),
-            _dir: dir,
+            dir: dir.path().to_path_buf(),
+            _scratch: dir,
         };
         broker.resume();
         broker
@@ -69,8 +70,9 @@ impl Tansu {
             .arg("broker")
             .args(["--listener-url", &self.url()])
             .args(["--advertised-listener-url", &self.url()])
-            .arg("--storage-engine")
-            .arg(format!("sqlite://{}", self.db.display()))
+            // tansu reads the SQLite path relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
