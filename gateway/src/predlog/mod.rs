@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
 
 pub use config::{InputLogging, PredictionLogConfig, SinkChoice};
@@ -89,19 +89,32 @@ pub struct Counters {
 }
 
 impl Counters {
+    // Delivered and failed are plain atomics (Kafka's delivery callback runs once per record);
+    // the writer thread publishes them as metrics a few times a second.
     fn delivered(&self, stream: Stream, n: u64) {
         self.delivered[stream.index()].fetch_add(n, Ordering::Relaxed);
-        metrics::record_predlog_delivered(stream.as_str(), n);
     }
 
     fn failed(&self, stream: Stream, n: u64) {
         self.failed[stream.index()].fetch_add(n, Ordering::Relaxed);
-        metrics::record_predlog_failed(stream.as_str(), n);
     }
 
     fn dropped(&self, stream: Stream, reason: &'static str) {
         self.dropped[stream.index()].fetch_add(1, Ordering::Relaxed);
         metrics::record_predlog_dropped(stream.as_str(), reason);
+    }
+
+    /// Adds what was delivered and failed since the last call to the metrics.
+    fn publish(&self, published: &mut [[u64; 2]; 2]) {
+        for stream in [Stream::Predictions, Stream::Events] {
+            let i = stream.index();
+            let delivered = self.delivered[i].load(Ordering::Relaxed);
+            let failed = self.failed[i].load(Ordering::Relaxed);
+            metrics::record_predlog_delivered(stream.as_str(), delivered - published[0][i]);
+            metrics::record_predlog_failed(stream.as_str(), failed - published[1][i]);
+            published[0][i] = delivered;
+            published[1][i] = failed;
+        }
     }
 }
 
@@ -420,8 +433,8 @@ pub struct CloseReport {
     pub failed: u64,
 }
 
-/// How long the writer waits for a record before it lets the sink flush its buffers.
-const IDLE_TICK: Duration = Duration::from_millis(50);
+/// How long the writer sleeps once it has drained the backlog.
+const POLL_PAUSE: Duration = Duration::from_millis(2);
 /// How long the writer waits before offering a refused record again.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Longest a written record waits in the sink's buffers under steady load.
@@ -436,45 +449,50 @@ fn write_loop(
     done: Sender<u64>,
     shared: Arc<Shared>,
 ) {
+    let mut published = [[0; 2]; 2];
     let mut gauges_at = Instant::now();
     let mut flushed_at = Instant::now();
     let mut held: Option<Entry> = None;
-    let deadline = loop {
+    let deadline = 'serve: loop {
         if let Ok(deadline) = close.try_recv() {
             break deadline;
         }
         if gauges_at.elapsed() >= GAUGE_EVERY {
             metrics::record_predlog_backlog(records.len(), shared.backlog_bytes());
+            shared.counters.publish(&mut published);
             gauges_at = Instant::now();
         }
-        // Under steady load the queue is never idle: flush on a clock too, so that records
-        // reach the disk (and count as delivered) within a fraction of a second.
+        // Under steady load the queue is never empty for long: flush on a clock too, so that
+        // records reach the disk (and count as delivered) within a fraction of a second.
         if flushed_at.elapsed() >= FLUSH_EVERY {
             sink.idle();
             flushed_at = Instant::now();
         }
-        let entry = match held.take() {
-            Some(entry) => entry,
-            None => match records.recv_timeout(IDLE_TICK) {
-                Ok(entry) => entry,
-                Err(RecvTimeoutError::Timeout) => {
+        // Drain what has arrived, then pause. Polling (rather than blocking on the queue)
+        // means a request never has to wake this thread: pushing a record is a plain queue
+        // write, and the writer takes records in batches.
+        loop {
+            let entry = match held.take() {
+                Some(entry) => entry,
+                None => match records.try_recv() {
+                    Ok(entry) => entry,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'serve Instant::now(),
+                },
+            };
+            let cost = entry.cost();
+            match sink.offer(entry) {
+                Ok(()) => shared.release(cost),
+                Err(back) => {
+                    // The sink is full (brokers away): hold the record and let the backlog
+                    // fill behind it; only a full backlog drops.
+                    held = Some(back);
                     sink.idle();
-                    continue;
+                    break;
                 }
-                Err(RecvTimeoutError::Disconnected) => break Instant::now(),
-            },
-        };
-        let cost = entry.cost();
-        match sink.offer(entry) {
-            Ok(()) => shared.release(cost),
-            Err(back) => {
-                // The sink is full (brokers away): hold the record and let the backlog fill
-                // behind it; only a full backlog drops.
-                held = Some(back);
-                sink.idle();
-                std::thread::sleep(RETRY_PAUSE);
             }
         }
+        std::thread::sleep(if held.is_some() { RETRY_PAUSE } else { POLL_PAUSE });
     };
     // Shutdown: deliver what is queued until the deadline, then let the sink flush.
     let mut undelivered = 0;
@@ -501,5 +519,6 @@ fn write_loop(
     }
     undelivered += sink.close(deadline);
     metrics::record_predlog_backlog(0, shared.backlog_bytes());
+    shared.counters.publish(&mut published);
     let _ = done.send(undelivered);
 }
