@@ -17,6 +17,10 @@ use serde_json::{Value, json};
 use sluice::config::RuntimeChoice;
 
 const TOKEN: &str = "rollout-token";
+
+/// The tests run one at a time: each puts a few hundred requests a second through a server,
+/// and on a small machine side-by-side runs would measure each other's load, not the guard.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ROLLOUT: &str = "/admin/v1/models/mlp/rollout";
 
 fn candidates() -> std::path::PathBuf {
@@ -102,6 +106,12 @@ struct Load {
 
 impl Load {
     fn start(server: &Arc<TestServer>, rate: f64) -> Load {
+        Load::start_with(server, rate, Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Like `start`, but the rows the failing candidate fails on are sent only while
+    /// `all_rows` is set.
+    fn start_with(server: &Arc<TestServer>, rate: f64, all_rows: Arc<AtomicBool>) -> Load {
         let bodies = Arc::new(sample_bodies());
         let stop = Arc::new(AtomicBool::new(false));
         let clients = 8;
@@ -109,15 +119,19 @@ impl Load {
         let tasks = (0..clients)
             .map(|c| {
                 let (server, bodies, stop) = (server.clone(), bodies.clone(), stop.clone());
+                let all_rows = all_rows.clone();
                 tokio::spawn(async move {
                     let mut answers = Vec::new();
                     let mut ticks = tokio::time::interval(period);
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     let mut i = c * 97;
                     while !stop.load(Ordering::Relaxed) {
-                        ticks.tick().await;
                         let (body, guarded_row) = bodies[i % bodies.len()].clone();
                         i += clients;
+                        if guarded_row && !all_rows.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        ticks.tick().await;
                         let sent = Instant::now();
                         let response = server
                             .client
@@ -194,6 +208,7 @@ fn decisions(rollout: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_candidate_is_promoted_through_every_step() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let repo = repo_with("v2");
     let server = start(repo.path(), RuntimeChoice::Tract).await;
     let load = Load::start(&server, 300.0);
@@ -385,21 +400,87 @@ async fn rolled_back(candidate: &str, why: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_candidate_is_rolled_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     rolled_back("failing", "error rate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_candidate_is_rolled_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     rolled_back("slow_mlp", "latency").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_different_predictions_is_rolled_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     rolled_back("random", "predictions").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_version_that_breaks_during_the_watch_is_swapped_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    // The failing candidate passes every step while the clients avoid the rows it fails on,
+    // then breaks on them once it is primary: the watch compares it with version 1's numbers.
+    let repo = repo_with("failing");
+    let server = start(repo.path(), RuntimeChoice::Tract).await;
+    let all_rows = Arc::new(AtomicBool::new(false));
+    let load = Load::start_with(&server, 300.0, Arc::clone(&all_rows));
+    let (status, body) = send(
+        &server,
+        "POST",
+        "/admin/v1/models/mlp/rollouts",
+        json!({"version": "2", "steps": [50, 100], "step_duration": "1s", "min_requests": 30,
+               "watch_period": "30s"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (watching, _) = wait_for(&server, Duration::from_secs(20), |r| r["phase"] != "step").await;
+    assert_eq!(
+        (&watching["state"], &watching["phase"]),
+        (&json!("promoted"), &json!("watch")),
+        "{watching:#}"
+    );
+    let (_, traffic) = server.get("/admin/v1/models/mlp/traffic").await;
+    assert_eq!(traffic, json!({"primary": "2"}));
+    let broke = Instant::now();
+    all_rows.store(true, Ordering::Relaxed);
+    let (rollout, seen) = wait_for(&server, Duration::from_secs(20), |r| {
+        r["phase"] == "finished"
+    })
+    .await;
+    let answers = load.stop().await;
+    assert_eq!(rollout["state"], "rolled_back", "{rollout:#}");
+    assert_eq!(
+        decisions(&rollout),
+        ["start", "step", "promote", "rollback"]
+    );
+    let reason = rollout["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("watch after promotion") && reason.contains("error rate"),
+        "{reason}"
+    );
+    let (_, traffic) = server.get("/admin/v1/models/mlp/traffic").await;
+    assert_eq!(
+        traffic,
+        json!({"primary": "1"}),
+        "version 1 is primary again"
+    );
+    for a in &answers {
+        assert!(a.status == 200 || a.guarded_row, "{a:?}");
+        assert!(
+            a.sent < seen || a.version == "1",
+            "{a:?} after the swap back"
+        );
+    }
+    println!(
+        "watch: swapped back {:.2} s after the first failing row was sent: {reason}",
+        seen.duration_since(broke).as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_traffic_decides_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let repo = repo_with("random");
     let server = start(repo.path(), RuntimeChoice::Tract).await;
     let load = Load::start(&server, 4.0);
@@ -445,6 +526,7 @@ async fn low_traffic_decides_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_stage_fails_a_bad_model_before_it_answers_anyone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let repo = repo_with("random");
     let server = start(repo.path(), RuntimeChoice::Tract).await;
     let load = Load::start(&server, 200.0);
@@ -480,6 +562,7 @@ async fn a_shadow_stage_fails_a_bad_model_before_it_answers_anyone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_change_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let repo = repo_with("v2");
     let server = start(repo.path(), RuntimeChoice::Tract).await;
     let post = |body: Value| send(&server, "POST", "/admin/v1/models/mlp/rollouts", body);
@@ -524,6 +607,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_table_starts_a_rollout_for_a_polled_version() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let repo = scratch_repo(&bench_repo(), &[("mlp", 1)]);
     std::fs::write(
         repo.path().join("mlp/model.toml"),
@@ -536,6 +620,9 @@ async fn a_rollout_table_starts_a_rollout_for_a_polled_version() {
     // Latest 1: without the rollout, version 1 would be unloaded as soon as 2 appears.
     config.repository.version_policy = sluice::config::VersionPolicy::Latest(1);
     let server = TestServer::start(config).await;
+    // The poller takes what is on disk when its task first runs as already loaded: let it run
+    // before version 2 appears.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     copy_version(&bench_repo(), repo.path(), "mlp", 2, 2);
     let deadline = Instant::now() + Duration::from_secs(10);
     let rollout = loop {
@@ -543,7 +630,10 @@ async fn a_rollout_table_starts_a_rollout_for_a_polled_version() {
         if status == 200 {
             break rollout;
         }
-        assert!(Instant::now() < deadline, "no rollout started: {rollout}");
+        if Instant::now() > deadline {
+            let (_, model) = server.get("/admin/v1/models/mlp").await;
+            panic!("no rollout started: {rollout}; model: {model:#}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(
@@ -572,6 +662,7 @@ async fn a_rollout_table_starts_a_rollout_for_a_polled_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failing_candidate_fails_the_same_rows_on_every_runtime() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let bodies = sample_bodies();
     for runtime in runtimes() {
         let repo = repo_with("failing");

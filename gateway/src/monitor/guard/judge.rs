@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use super::plan::{RolloutPlan, ShadowStage};
 use super::stats::{
-    ErrorTest, LatencyTest, PsiTest, error_rate_test, latency_test, psi_test, wilson_upper,
+    ErrorTest, LatencyTest, PsiTest, error_rate_test, latency_test, normal_quantile, psi_test,
+    wilson_upper,
 };
 use crate::monitor::predictions::PredictionCounts;
-use crate::monitor::window::WindowStats;
+use crate::monitor::window::{WindowStats, quantile};
 
 /// What one side did over the compared span.
 #[derive(Clone, Debug)]
@@ -155,13 +156,21 @@ pub fn assess(plan: &RolloutPlan, canary: &Sample, primary: &Sample) -> Assessme
     let mut breaches = Vec::new();
     error_check(&mut a, plan, &mut breaches);
     if let Some(p99) = primary.stats.p99_ms {
-        let bound = p99 * plan.max_p99_ratio;
+        // The primary's p99 is itself an estimate: compare with its upper confidence bound
+        // (the quantile 0.99 + z·√(0.99·0.01/n)), so that a primary seen over few requests
+        // cannot make a healthy canary look slow.
+        let n = primary.stats.requests as f64;
+        let level = 0.99 + normal_quantile(plan.confidence) * (0.99 * 0.01 / n).sqrt();
+        let upper = quantile(&primary.stats.latency, level.min(1.0)).unwrap_or(p99);
+        let floor_ms = plan.min_p99_increase.as_secs_f64() * 1000.0;
+        let bound = (upper * plan.max_p99_ratio).max(upper + floor_ms);
         let slower = canary.stats.slower_than(bound);
         let test = latency_test(slower, canary.stats.requests, bound, plan.confidence);
         if test.breach {
             breaches.push(format!(
-                "latency: {slower} of {} requests slower than {bound:.2} ms ({}x the p99 of \
-                 {p99:.2} ms it is compared with; p = {:.1e})",
+                "latency: {slower} of {} requests slower than {bound:.2} ms ({}x the p99 it is \
+                 compared with: {p99:.2} ms, {upper:.2} ms at its upper confidence bound; p = \
+                 {:.1e})",
                 canary.stats.requests, plan.max_p99_ratio, test.p_value
             ));
         }

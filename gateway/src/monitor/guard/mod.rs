@@ -80,8 +80,8 @@ struct Stale;
 /// What the guard remembers between ticks; none of it decides routing.
 #[derive(Default)]
 struct Notes {
-    /// The latest comparison per model, for the API.
-    latest: HashMap<String, Assessment>,
+    /// The latest comparison per model, with the id of the rollout it was made for.
+    latest: HashMap<String, (u64, Assessment)>,
     /// Shadow totals (compared, label rows, agreeing rows) when the guard first saw a
     /// rollout's shadow stage: the shadow totals are kept per version for the life of the
     /// process, so the stage counts what was added since.
@@ -144,7 +144,7 @@ impl Guard {
             let (assessment, action) = self.evaluate(model, routes, rollout, now);
             if let Some(a) = &assessment {
                 self.note(|n| {
-                    n.latest.insert(model.clone(), a.clone());
+                    n.latest.insert(model.clone(), (rollout.id, a.clone()));
                 });
             }
             if let Some(action) = action {
@@ -437,7 +437,7 @@ impl Guard {
             actor: actor.to_string(),
             reason,
         };
-        let latest = self.latest(model);
+        let latest = self.latest(model, rollout.id);
         self.apply(model, rollout, action, latest, Instant::now())
             .ok_or_else(|| {
                 ServeError::new(
@@ -455,12 +455,21 @@ impl Guard {
             .get(model)
             .ok_or_else(|| ServeError::unknown_model(model))?;
         let rollout = routes.rollout.clone().ok_or_else(|| no_rollout(model))?;
-        let latest = rollout.is_active().then(|| self.latest(model)).flatten();
+        let latest = rollout
+            .is_active()
+            .then(|| self.latest(model, rollout.id))
+            .flatten();
         Ok((rollout, latest))
     }
 
-    fn latest(&self, model: &str) -> Option<Assessment> {
-        self.note(|n| n.latest.get(model).cloned()).flatten()
+    fn latest(&self, model: &str, rollout: u64) -> Option<Assessment> {
+        self.note(|n| {
+            n.latest
+                .get(model)
+                .filter(|(id, _)| *id == rollout)
+                .map(|(_, a)| a.clone())
+        })
+        .flatten()
     }
 }
 
@@ -474,7 +483,9 @@ fn primary_sample(baseline: &LoadedVersion, r: &Rollout) -> Sample {
     let window = baseline.windows.get(Variant::Primary);
     let counts = baseline.windows.predictions.counts(Variant::Primary);
     let step = window.stats_since(r.phase_started);
-    if step.requests >= r.plan.min_requests {
+    // At 100 % the step's primary numbers are a few stragglers from its first second.
+    let full = matches!(r.phase, Phase::Step(i) if r.plan.weight(i) >= 100.0);
+    if step.requests >= r.plan.min_requests && !full {
         return Sample {
             version: r.baseline,
             stats: step,

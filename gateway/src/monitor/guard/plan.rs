@@ -30,6 +30,10 @@ pub struct RolloutConfig {
     /// Largest tolerated ratio of the canary's p99 latency to the primary's, judged by a
     /// binomial test at `confidence` on the canary requests slower than that bound.
     pub max_p99_ratio: f64,
+    /// Least p99 rise that counts as slower, e.g. "1ms": a canary request is slow only when it
+    /// is above both bounds. Keeps scheduler jitter on sub-millisecond models from deciding.
+    #[serde(with = "human_duration")]
+    pub min_p99_increase: Duration,
     /// Largest tolerated population stability index between canary and primary predictions
     /// (labels and top-score bins), beyond what sampling noise explains at `confidence`.
     pub max_prediction_psi: f64,
@@ -55,6 +59,7 @@ impl Default for RolloutConfig {
             min_requests: 200,
             max_error_rate_increase: 0.01,
             max_p99_ratio: 1.5,
+            min_p99_increase: Duration::from_millis(1),
             // 0.2 is the customary "significant shift" mark for PSI.
             max_prediction_psi: 0.2,
             confidence: 0.999,
@@ -114,6 +119,10 @@ pub struct RolloutOverrides {
     /// See [`RolloutConfig::max_p99_ratio`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
+    /// See [`RolloutConfig::min_p99_increase`].
+    #[serde(default, with = "optional_duration")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p99_increase: Option<Duration>,
     /// See [`RolloutConfig::max_prediction_psi`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prediction_psi: Option<f64>,
@@ -155,6 +164,8 @@ pub struct RolloutPlan {
     pub min_requests: u64,
     pub max_error_rate_increase: f64,
     pub max_p99_ratio: f64,
+    #[serde(with = "human_duration")]
+    pub min_p99_increase: Duration,
     pub max_prediction_psi: f64,
     pub confidence: f64,
     #[serde(with = "human_duration")]
@@ -175,6 +186,7 @@ impl RolloutConfig {
                 .max_error_rate_increase
                 .unwrap_or(self.max_error_rate_increase),
             max_p99_ratio: o.max_p99_ratio.unwrap_or(self.max_p99_ratio),
+            min_p99_increase: o.min_p99_increase.unwrap_or(self.min_p99_increase),
             max_prediction_psi: o.max_prediction_psi.unwrap_or(self.max_prediction_psi),
             confidence: o.confidence.unwrap_or(self.confidence),
             watch_period: o.watch_period.unwrap_or(self.watch_period),

@@ -11,7 +11,9 @@
 //! - Latency: an exact one-sided binomial test. If the canary's p99 were at most
 //!   `max_p99_ratio` × the primary's p99, at most 1% of its requests would be slower than that
 //!   bound; breach when the count of slower canary requests has P(X ≥ count | n, 0.01) below
-//!   1 − confidence.
+//!   1 − confidence. The primary's p99 is taken at its upper confidence bound (its quantile
+//!   0.99 + z·√(0.99·0.01/n)), and the bound is at least that p99 + `min_p99_increase`, so
+//!   that neither a thinly observed primary nor sub-millisecond jitter decides.
 //! - Predictions: the population stability index Σ (p − q) ln(p / q) over the bins either side
 //!   used (counts + 0.5, so an empty bin is finite). Two samples of one distribution still
 //!   differ: nc·np/(nc + np) · PSI is then about χ² with (bins − 1) degrees of freedom, so the
@@ -154,7 +156,8 @@ pub fn binomial_upper_tail(k: u64, n: u64, p: f64) -> f64 {
 /// The latency test's numbers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LatencyTest {
-    /// `max_p99_ratio` × the primary's p99, in milliseconds.
+    /// What counts as slow, in milliseconds: `max_p99_ratio` × the primary's p99 (at its upper
+    /// confidence bound), and at least that p99 + `min_p99_increase`.
     pub bound_ms: f64,
     /// Canary requests slower than the bound.
     pub slower: u64,
