@@ -327,6 +327,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_config_shows_the_defaults() {
+        let text = include_str!("../../../../config/sluice.toml");
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        assert_eq!(config.rollout, RolloutConfig::default());
+    }
+
+    #[test]
     fn a_zero_shadow_stage_turns_a_configured_one_off() {
         let defaults = RolloutConfig {
             shadow_stage: Some(ShadowStage::default()),
