@@ -23,6 +23,8 @@ pub struct Config {
     pub traffic: TrafficConfig,
     /// The prediction log and the lifecycle events: sink, inputs, memory bound.
     pub prediction_log: crate::predlog::PredictionLogConfig,
+    /// Guarded rollouts: how often the guard looks, and every rollout's defaults.
+    pub rollout: crate::monitor::guard::RolloutConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -318,6 +320,7 @@ impl Config {
             ));
         }
         problems.extend(self.prediction_log.problems());
+        problems.extend(self.rollout.problems());
         if let Some(lib) = &r.ort_library
             && !lib.is_file()
         {

@@ -17,6 +17,8 @@
 //! - [`progress`]: the live progress line;
 //! - [`report`]: the merged numbers, as a table or as JSON;
 //! - [`svg`]: the latency-percentile plot;
+//! - [`rollout`]: the `--rollout` scenario, which drives a guarded rollout and prints its
+//!   timeline;
 //! - [`ceiling`]: the do-nothing server.
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,7 @@ pub mod http2;
 pub mod npy;
 pub mod progress;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod stats;
 pub mod svg;

@@ -106,6 +106,46 @@ struct Args {
     /// Also write the latency-percentile plot (HDR histogram, log "nines" x axis) as SVG here.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+
+    /// Scenario: start a guarded rollout of this version of the model the --url names (through
+    /// sluice's admin API on the same host and port), keep the load on, and print the rollout's
+    /// timeline until the guard has finished with it (promoted and watched, or rolled back).
+    /// --duration and --warmup do not apply; the report covers the whole rollout.
+    #[arg(long, value_name = "VERSION")]
+    rollout: Option<String>,
+
+    /// With --rollout: canary weights in percent, e.g. 5,25,50,100 [default: the server's].
+    #[arg(long, value_delimiter = ',', requires = "rollout")]
+    steps: Vec<f64>,
+
+    /// With --rollout: least time per step, e.g. 5s [default: the server's].
+    #[arg(long, value_parser = humantime::parse_duration, requires = "rollout")]
+    step_duration: Option<Duration>,
+
+    /// With --rollout: requests each side needs in a step before the guard judges it.
+    #[arg(long, requires = "rollout")]
+    min_requests: Option<u64>,
+
+    /// With --rollout: how long the promoted version is watched [default: the server's].
+    #[arg(long, value_parser = humantime::parse_duration, requires = "rollout")]
+    watch_period: Option<Duration>,
+
+    /// With --rollout: more fields of the rollout request, as a JSON object, e.g.
+    /// '{"max_p99_ratio": 2, "shadow_stage": {"duration": "10s"}}'.
+    #[arg(long, value_name = "JSON", requires = "rollout")]
+    rollout_options: Option<String>,
+
+    /// With --rollout: the admin API's bearer token.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// With --rollout: how often to print a timeline line.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    timeline_interval: Duration,
+
+    /// With --rollout: abort the rollout if it has not finished after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    rollout_limit: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +164,48 @@ fn parse_header(arg: &str) -> Result<(HeaderName, HeaderValue), String> {
 
 fn parse_change(arg: &str) -> Result<ColumnChange, String> {
     npy::parse_column_change(arg).map_err(|e| format!("{e:#}"))
+}
+
+/// The rollout request and where to send it, from the command line.
+fn rollout_scenario(
+    args: &Args,
+    config: &Config,
+) -> anyhow::Result<sluice_loadtest::rollout::Scenario> {
+    let url = config.template.url();
+    let model = sluice_loadtest::rollout::model_from_path(url.path())
+        .with_context(|| format!("--rollout: no model in the URL path '{}'", url.path()))?;
+    let mut request = match &args.rollout_options {
+        Some(text) => serde_json::from_str(text).context("--rollout-options is not JSON")?,
+        None => serde_json::json!({}),
+    };
+    let Some(fields) = request.as_object_mut() else {
+        bail!("--rollout-options must be a JSON object");
+    };
+    fields.insert("version".into(), args.rollout.clone().into());
+    if !args.steps.is_empty() {
+        fields.insert("steps".into(), args.steps.clone().into());
+    }
+    let human = |d: &Duration| humantime::format_duration(*d).to_string();
+    if let Some(d) = &args.step_duration {
+        fields.insert("step_duration".into(), human(d).into());
+    }
+    if let Some(d) = &args.watch_period {
+        fields.insert("watch_period".into(), human(d).into());
+    }
+    if let Some(n) = args.min_requests {
+        fields.insert("min_requests".into(), n.into());
+    }
+    let authority = url
+        .authority()
+        .with_context(|| format!("URL '{url}' has no host"))?;
+    Ok(sluice_loadtest::rollout::Scenario {
+        base: format!("http://{authority}"),
+        model,
+        request,
+        token: args.token.clone(),
+        interval: args.timeline_interval,
+        limit: args.rollout_limit,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -171,8 +253,13 @@ async fn load(args: Args) -> anyhow::Result<()> {
     if args.npy.is_some() && args.protocol == Protocol::Grpc {
         bail!("--npy is implemented for --protocol http only");
     }
-    let template = RequestTemplate::new(&args.url, args.method, args.headers, bodies[0].clone())?
-        .with_bodies(bodies)?;
+    let template = RequestTemplate::new(
+        &args.url,
+        args.method.clone(),
+        args.headers.clone(),
+        bodies[0].clone(),
+    )?
+    .with_bodies(bodies)?;
     let addr = template.resolve().await?;
     let config = Config {
         addr,
@@ -196,6 +283,12 @@ async fn load(args: Args) -> anyhow::Result<()> {
     }
 
     let summary = match args.protocol {
+        Protocol::Http if args.rollout.is_some() => {
+            sluice_loadtest::rollout::run(&config, rollout_scenario(&args, &config)?).await?
+        }
+        Protocol::Grpc if args.rollout.is_some() => {
+            bail!("--rollout is implemented for --protocol http only")
+        }
         Protocol::Http => sluice_loadtest::run(&config).await?,
         Protocol::Grpc => {
             let call = sluice_loadtest::grpc::GrpcTemplate::new(config.template.url(), &body)?;
@@ -203,6 +296,16 @@ async fn load(args: Args) -> anyhow::Result<()> {
         }
     };
     let report = Report::new(&summary);
+    // A rollout runs as long as it takes, with no warm-up: say so in the table.
+    let config = Config {
+        duration: summary.duration,
+        warmup: if args.rollout.is_some() {
+            Duration::ZERO
+        } else {
+            config.warmup
+        },
+        ..config
+    };
     let mut out = io::stdout().lock();
     if args.json {
         report.write_json(&mut out)?;

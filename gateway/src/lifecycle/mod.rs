@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{ErrorKind, ServeError};
+use crate::monitor::guard::{Rollout, RolloutConfig};
 use crate::predlog::{Event, EventKind, PredictionLog};
 use crate::repository::{self, Loader};
 use crate::routing::{ModelRoutes, Router};
@@ -43,6 +44,8 @@ pub struct ModelManager {
     failures: Mutex<BTreeMap<String, String>>,
     /// Where lifecycle events go (and their log lines).
     events: PredictionLog,
+    /// Defaults for rollouts that a model's `[rollout]` table starts on load.
+    rollouts: RolloutConfig,
 }
 
 /// What a successful load did.
@@ -79,7 +82,14 @@ impl ModelManager {
             busy: Mutex::new(BTreeSet::new()),
             failures: Mutex::new(BTreeMap::new()),
             events,
+            rollouts: RolloutConfig::default(),
         }
+    }
+
+    /// Sets the defaults of rollouts started by loads (the server's `[rollout]` section).
+    pub fn with_rollout_defaults(mut self, defaults: RolloutConfig) -> ModelManager {
+        self.rollouts = defaults;
+        self
     }
 
     /// The events stream, for other parts that change models (traffic, rollouts).
@@ -138,7 +148,7 @@ impl ModelManager {
     pub async fn load(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
         let _guard = self.claim(model)?;
         let primary_before = self.primary_of(model);
-        let result = self.load_claimed(model).await;
+        let result = self.load_claimed(model, actor).await;
         self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
         match &result {
             Ok(report) => {
@@ -176,7 +186,7 @@ impl ModelManager {
         result
     }
 
-    async fn load_claimed(&self, model: &str) -> Result<LoadReport, ServeError> {
+    async fn load_claimed(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
         let dir = repository::read_model(&self.loader.repository, model).map_err(|e| match e {
             repository::RepositoryError::UnknownModel(_) => ServeError::not_found(e.to_string()),
             other => ServeError::bad_request(other.to_string()),
@@ -209,7 +219,7 @@ impl ModelManager {
             };
             versions.insert(version, ready);
         }
-        let unloaded: Vec<u64> = current
+        let unloaded_by_policy: Vec<u64> = current
             .as_ref()
             .map(|routes| {
                 routes
@@ -220,28 +230,83 @@ impl ModelManager {
                     .collect()
             })
             .unwrap_or_default();
+        let plan = match &dir.config.rollout {
+            Some(overrides) => Some(self.rollouts.plan(overrides).map_err(|problems| {
+                ServeError::bad_request(format!(
+                    "model '{model}': invalid rollout in model.toml: {}",
+                    problems.join("; ")
+                ))
+            })?),
+            None => None,
+        };
+        let newest_loaded = loaded.iter().max().copied();
+        let now = std::time::Instant::now();
         let name = model.to_string();
+        let mut started = None;
         self.router.update(|snapshot| {
             let mut next = snapshot.clone();
-            // The traffic policy survives a reload, less what names versions now gone.
-            let mut traffic = snapshot
-                .models
-                .get(&name)
-                .map(|r| r.traffic.clone())
-                .unwrap_or_default();
-            traffic.retain_loaded(|v| versions.contains_key(&v));
-            next.models.insert(
-                name.clone(),
-                ModelRoutes {
-                    versions: versions.clone(),
-                    traffic,
-                },
-            );
+            let previous = snapshot.models.get(&name);
+            let mut routes = ModelRoutes {
+                versions: versions.clone(),
+                // The traffic policy survives a reload, less what names versions now gone.
+                traffic: previous.map(|r| r.traffic.clone()).unwrap_or_default(),
+                rollout: previous.and_then(|r| r.rollout.clone()),
+            };
+            // What a running rollout compares stays loaded whatever the version policy says:
+            // the baseline is its instant rollback target.
+            if let Some((previous, rollout)) = previous.zip(routes.rollout.clone())
+                && rollout.is_active()
+            {
+                keep_loaded(
+                    &mut routes,
+                    previous,
+                    &[rollout.baseline, rollout.candidate],
+                );
+            }
+            started = None;
+            if let (Some(plan), Some(previous), Some(newest)) = (&plan, previous, newest_loaded)
+                && let Some(primary) = previous.primary_version().map(|v| v.version)
+                && newest > primary
+                && !routes.rollout.as_ref().is_some_and(|r| r.is_active())
+            {
+                // A `[rollout]` table: the new version earns its place step by step, and the
+                // primary it is compared with stays loaded and pinned meanwhile.
+                keep_loaded(&mut routes, previous, &[primary]);
+                routes.traffic.primary = Some(primary);
+                let actor = actor.to_string();
+                match Rollout::begin(&name, &routes, newest, plan.clone(), &actor, now) {
+                    Ok((rollout, traffic)) => {
+                        let rollout = Arc::new(rollout);
+                        routes.traffic = traffic;
+                        routes.rollout = Some(Arc::clone(&rollout));
+                        started = Some(rollout);
+                    }
+                    Err(error) => {
+                        tracing::warn!(model = %name, %error, "rollout not started");
+                    }
+                }
+            }
+            let kept: Vec<u64> = routes.versions.keys().copied().collect();
+            routes.traffic.retain_loaded(|v| kept.contains(&v));
+            next.models.insert(name.clone(), routes);
             next
         });
+        if let Some(rollout) = &started {
+            crate::monitor::guard::announce_start(&self.events, &self.router, model, rollout);
+        }
+        let serving = self.router.snapshot();
+        let serving = serving.models.get(model);
+        let is_serving = |v: &u64| serving.is_some_and(|r| r.versions.contains_key(v));
+        let unloaded = unloaded_by_policy
+            .into_iter()
+            .filter(|v| !is_serving(v))
+            .collect();
+        let versions: Vec<u64> = serving
+            .map(|r| r.versions.keys().rev().copied().collect())
+            .unwrap_or(wanted);
         Ok(LoadReport {
             model: model.to_string(),
-            versions: wanted,
+            versions,
             loaded,
             unloaded,
         })
@@ -278,6 +343,18 @@ impl ModelManager {
             let _ = self.load(&model.name, &Actor::new("start-up")).await;
         }
         Ok(())
+    }
+}
+
+/// Puts `versions` back into `routes` from `previous` where a reload left them out.
+fn keep_loaded(routes: &mut ModelRoutes, previous: &ModelRoutes, versions: &[u64]) {
+    for v in versions {
+        if let Some(held) = previous.versions.get(v) {
+            routes
+                .versions
+                .entry(*v)
+                .or_insert_with(|| Arc::clone(held));
+        }
     }
 }
 

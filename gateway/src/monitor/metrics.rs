@@ -12,6 +12,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorKind;
+use crate::monitor::guard::RolloutState;
 use crate::routing::compare::Comparison;
 use crate::routing::{Snapshot, Variant};
 
@@ -35,6 +36,9 @@ pub const PREDLOG_DELIVERED: &str = "sluice_predlog_delivered_total";
 pub const PREDLOG_DROPPED: &str = "sluice_predlog_dropped_total";
 pub const PREDLOG_FAILED: &str = "sluice_predlog_failed_total";
 pub const LIFECYCLE_EVENTS: &str = "sluice_lifecycle_events_total";
+pub const ROLLOUT_WEIGHT: &str = "sluice_rollout_canary_weight_percent";
+pub const ROLLOUT_STATE: &str = "sluice_rollout_state";
+pub const ROLLOUT_DECISIONS: &str = "sluice_rollout_decisions_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -193,6 +197,23 @@ fn describe() {
         "Lifecycle events (load, unload, swap, traffic, rollout steps, rollbacks) by model and kind"
     );
     describe_gauge!(
+        ROLLOUT_WEIGHT,
+        Unit::Percent,
+        "Share of unversioned requests a rollout's candidate answers: the step's weight, 100 once \
+         promoted, 0 after a rollback or abort"
+    );
+    describe_gauge!(
+        ROLLOUT_STATE,
+        Unit::Count,
+        "1 for the state a model's latest rollout is in (progressing, paused, promoted, \
+         rolled_back, aborted), 0 for the others"
+    );
+    describe_counter!(
+        ROLLOUT_DECISIONS,
+        Unit::Count,
+        "Rollout decisions by model and decision (step, promote, rollback, abort)"
+    );
+    describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
         "Model versions in memory (loaded, or swapped out with requests still in flight)"
@@ -287,7 +308,19 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
         let rate = routes.traffic.shadow.map(|(_, rate)| rate);
         gauge!(SHADOW_SAMPLE_RATE, "model" => name.clone()).set(rate.unwrap_or(0.0));
         gauge!(LOADED_VERSIONS, "model" => name.clone()).set(routes.versions.len() as f64);
+        if let Some(rollout) = &routes.rollout {
+            gauge!(ROLLOUT_WEIGHT, "model" => name.clone()).set(rollout.weight());
+            for state in RolloutState::ALL {
+                let current = if state == rollout.state { 1.0 } else { 0.0 };
+                gauge!(ROLLOUT_STATE, "model" => name.clone(), "state" => state.as_str())
+                    .set(current);
+            }
+        }
     }
+}
+
+pub fn record_rollout_decision(model: &str, decision: &'static str) {
+    counter!(ROLLOUT_DECISIONS, "model" => model.to_string(), "decision" => decision).increment(1);
 }
 
 pub fn record_predlog_delivered(stream: &'static str, n: u64) {

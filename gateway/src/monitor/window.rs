@@ -72,6 +72,13 @@ fn latency_bucket(latency: Duration) -> usize {
     ((power * SUB_BUCKETS) as usize + fraction as usize).min(LATENCY_BUCKETS - 1)
 }
 
+/// The lower bound of a latency bucket, in milliseconds.
+fn bucket_lower_ms(index: usize) -> f64 {
+    let power = (index as u32) / SUB_BUCKETS;
+    let fraction = (index as u32) % SUB_BUCKETS;
+    (1u64 << power) as f64 * (1.0 + f64::from(fraction) / f64::from(SUB_BUCKETS)) / 1000.0
+}
+
 /// The upper bound of a latency bucket, in milliseconds.
 fn bucket_upper_ms(index: usize) -> f64 {
     let power = (index as u32) / SUB_BUCKETS;
@@ -130,6 +137,14 @@ impl RollingWindow {
         self.stats_at(Instant::now(), span)
     }
 
+    /// Totals since `since`, from the whole second it falls in (at most the last 120 s): what
+    /// the guard compares over a rollout step.
+    pub fn stats_since(&self, since: Instant) -> WindowStats {
+        let now = Instant::now();
+        let seconds = self.second(now).saturating_sub(self.second(since)) + 1;
+        self.stats_at(now, Duration::from_secs(seconds))
+    }
+
     pub fn stats_at(&self, now: Instant, span: Duration) -> WindowStats {
         let current = self.second(now);
         let seconds = span.as_secs().clamp(1, BUCKETS as u64);
@@ -157,6 +172,18 @@ impl RollingWindow {
         stats.p90_ms = quantile(&stats.latency, 0.90);
         stats.p99_ms = quantile(&stats.latency, 0.99);
         stats
+    }
+}
+
+impl WindowStats {
+    /// Requests certainly slower than `ms`: those in latency buckets that start at or above it.
+    pub fn slower_than(&self, ms: f64) -> u64 {
+        self.latency
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bucket_lower_ms(*i) >= ms)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -217,6 +244,26 @@ mod tests {
     }
 
     #[test]
+    fn counts_since_an_instant_and_slower_than_a_bound() {
+        let w = RollingWindow::new();
+        let t0 = w.started;
+        w.record_at(t0, Duration::from_micros(100), false);
+        for i in 0..10u64 {
+            let latency = Duration::from_millis(if i < 3 { 20 } else { 1 });
+            w.record_at(t0 + Duration::from_secs(2), latency, false);
+        }
+        let now = t0 + Duration::from_secs(2);
+        let seconds = w.second(now) - w.second(t0 + Duration::from_millis(1500)) + 1;
+        let s = w.stats_at(now, Duration::from_secs(seconds));
+        assert_eq!(s.requests, 10, "the earlier second is left out");
+        assert_eq!(s.slower_than(10.0), 3);
+        assert_eq!(s.slower_than(0.5), 10);
+        for i in 0..LATENCY_BUCKETS - 1 {
+            assert!((bucket_lower_ms(i + 1) - bucket_upper_ms(i)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
     fn slots_are_reused_after_they_expire() {
         let w = RollingWindow::new();
         let t0 = w.started;
@@ -228,13 +275,15 @@ mod tests {
     }
 }
 
-/// One window per traffic variant, for one model version.
+/// One window per traffic variant, for one model version, and what it predicted while a
+/// rollout watched it.
 #[derive(Default)]
 pub struct VariantWindows {
     primary: RollingWindow,
     canary: RollingWindow,
     direct: RollingWindow,
     shadow: RollingWindow,
+    pub predictions: super::predictions::PredictionWatch,
 }
 
 impl VariantWindows {

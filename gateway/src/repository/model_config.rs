@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::{RuntimeChoice, VersionPolicy};
+use crate::monitor::guard::{RolloutConfig, RolloutOverrides};
 use crate::tensor::{DataType, TensorSpec, format_dims};
 
 /// Everything a model folder may override; unset fields fall back to the server config.
@@ -24,6 +25,11 @@ pub struct ModelConfig {
     /// so a wrongly exported model never replaces a good one.
     #[serde(default)]
     pub inputs: Vec<DeclaredInput>,
+    /// A guarded rollout for new versions (fields as in the server's `[rollout]` section, each
+    /// optional). With it, a version folder that appears (picked up by polling or loaded
+    /// through the API) is rolled out step by step against the current primary, which stays
+    /// pinned, instead of becoming primary at once.
+    pub rollout: Option<RolloutOverrides>,
 }
 
 /// An input the operator expects the model to take.
@@ -54,6 +60,23 @@ impl ModelConfig {
         }
         if let Some(batching) = &config.batching {
             problems.extend(batching.problems("batching"));
+        }
+        if let Some(rollout) = &config.rollout {
+            if rollout.version.is_some() {
+                problems.push(
+                    "rollout.version: not allowed here; the new version folder is the candidate"
+                        .to_string(),
+                );
+            }
+            // Checked against the built-in defaults: what the table sets must be valid whatever
+            // the server's `[rollout]` section says.
+            let plan = RolloutConfig::default().plan(rollout);
+            problems.extend(
+                plan.err()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| format!("rollout.{p}")),
+            );
         }
         for input in &config.inputs {
             if DataType::parse(&input.datatype).is_none() {
@@ -130,6 +153,27 @@ mod tests {
         assert!(config.check_inputs(&[spec(vec![-1, 12])]).is_ok());
         let err = config.check_inputs(&[spec(vec![-1, 11])]).unwrap_err();
         assert!(err.contains("has shape [-1,11], declared [-1,12]"), "{err}");
+    }
+
+    #[test]
+    fn a_rollout_table_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("model.toml"),
+            "[rollout]\nsteps = [10, 100]\nstep_duration = \"5s\"\n",
+        )
+        .unwrap();
+        let config = ModelConfig::read(dir.path()).unwrap();
+        let rollout = config.rollout.unwrap();
+        assert_eq!(rollout.steps, Some(vec![10.0, 100.0]));
+        std::fs::write(
+            dir.path().join("model.toml"),
+            "[rollout]\nversion = \"3\"\nsteps = [0]\n",
+        )
+        .unwrap();
+        let err = ModelConfig::read(dir.path()).unwrap_err();
+        assert!(err.contains("rollout.version: not allowed"), "{err}");
+        assert!(err.contains("rollout.steps[0]"), "{err}");
     }
 
     #[test]

@@ -23,12 +23,15 @@ pub struct Snapshot {
     pub models: BTreeMap<String, ModelRoutes>,
 }
 
-/// One model's loaded versions and its traffic policy.
+/// One model's loaded versions, its traffic policy and its rollout.
 #[derive(Clone, Debug, Default)]
 pub struct ModelRoutes {
     pub versions: BTreeMap<u64, Arc<LoadedVersion>>,
     /// Primary (unset: the newest loaded), canary share and shadow sample.
     pub traffic: Traffic,
+    /// The latest guarded rollout, running or ended. While it runs it owns `traffic`: every
+    /// step, promotion or rollback stores both together.
+    pub rollout: Option<Arc<crate::monitor::guard::Rollout>>,
 }
 
 /// Where one request goes.

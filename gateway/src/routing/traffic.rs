@@ -10,6 +10,11 @@ const WEIGHT_SCALE: f64 = 100.0;
 /// Points in the split space (100 % = 10,000 points).
 const SPLIT_POINTS: u64 = 10_000;
 
+/// A canary weight in percent, as the split's points.
+pub fn weight_points(percent: f64) -> u64 {
+    (percent * WEIGHT_SCALE).round() as u64
+}
+
 /// The policy as the admin API reads and writes it (versions as strings, like v2 does).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +150,7 @@ impl TrafficPolicy {
         }
         Ok(Traffic {
             primary: primary.flatten(),
-            canary: canary.and_then(|(v, w)| Some((v?, (w * WEIGHT_SCALE).round() as u64))),
+            canary: canary.and_then(|(v, w)| Some((v?, weight_points(w)))),
             shadow: shadow.and_then(|(v, r)| Some((v?, r))),
             sticky_key: self.sticky_key.as_ref().map(|k| k.to_ascii_lowercase()),
         })

@@ -31,6 +31,8 @@ pub struct HttpState {
     pub max_body_size: usize,
     /// Gatekeeper for mutating calls.
     pub auth: super::auth::AdminAuth,
+    /// Runs guarded rollouts.
+    pub guard: Arc<crate::monitor::guard::Guard>,
 }
 
 type AppState = State<Arc<HttpState>>;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod grpc;
 pub mod http;
+mod rollouts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +70,10 @@ impl Server {
         let log = PredictionLog::start(&config.prediction_log)
             .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
         let router = Arc::new(Router::new(Snapshot::default()));
-        let models = Arc::new(ModelManager::new(loader, Arc::clone(&router), log.clone()));
+        let models = Arc::new(
+            ModelManager::new(loader, Arc::clone(&router), log.clone())
+                .with_rollout_defaults(config.rollout.clone()),
+        );
         let ready = Arc::new(AtomicBool::new(false));
         let shadow = crate::routing::shadow::Shadower::start(
             config.traffic.shadow_workers,
@@ -78,11 +82,17 @@ impl Server {
             log.clone(),
         );
         let inference = Arc::new(Inference::new(
-            router,
+            Arc::clone(&router),
             config.server.request_timeout,
             shadow,
             log.clone(),
             config.server.max_concurrent_requests,
+        ));
+        let guard = Arc::new(crate::monitor::guard::Guard::new(
+            router,
+            log.clone(),
+            Arc::clone(&inference),
+            config.rollout.clone(),
         ));
         let (shutdown, _) = watch::channel(false);
 
@@ -103,6 +113,7 @@ impl Server {
             ready: Arc::clone(&ready),
             max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
             auth: admin_auth,
+            guard: Arc::clone(&guard),
         }));
         let drain = config.server.drain_timeout;
         let mut tasks = vec![
@@ -134,6 +145,7 @@ impl Server {
                 shutdown.subscribe(),
             )));
         }
+        tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
         ready.store(true, Ordering::Release);
         grpc::set_serving(&grpc_health, true).await;
         tracing::info!(
