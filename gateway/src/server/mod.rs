@@ -125,6 +125,9 @@ impl Server {
                 shutdown.subscribe(),
             )));
         }
+        if config.drift.enabled {
+            tasks.push(spawn_drift_evaluator(&config, &models, &shutdown)?);
+        }
         ready.store(true, Ordering::Release);
         grpc::set_serving(&grpc_health, true).await;
         tracing::info!(
@@ -154,6 +157,26 @@ impl Server {
             let _ = task.await;
         }
     }
+}
+
+/// Starts the drift evaluator. Alerts go to the log and to every sink here: the webhook when
+/// one is configured (further sinks, e.g. the events topic, are added to this list).
+fn spawn_drift_evaluator(
+    config: &Config,
+    models: &ModelManager,
+    shutdown: &watch::Sender<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    use crate::monitor::drift::{DriftAlertSink, Evaluator, WebhookSink};
+    let mut sinks: Vec<Arc<dyn DriftAlertSink>> = Vec::new();
+    if let Some(url) = &config.drift.webhook_url {
+        let webhook = WebhookSink::new(url, config.drift.webhook_timeout)
+            .context("cannot build the drift webhook client")?;
+        sinks.push(Arc::new(webhook));
+    }
+    let evaluator = Evaluator::new(Arc::clone(models.router()), &config.drift, sinks);
+    Ok(tokio::spawn(
+        evaluator.run(config.drift.evaluate_interval, shutdown.subscribe()),
+    ))
 }
 
 /// The metrics listener: Prometheus text exposition at `/metrics`.
