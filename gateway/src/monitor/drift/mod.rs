@@ -14,6 +14,7 @@ pub mod evaluator;
 mod monitor;
 pub mod profile;
 pub mod sample;
+mod series;
 pub mod stats;
 #[cfg(test)]
 mod tests;
