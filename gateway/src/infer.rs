@@ -253,10 +253,12 @@ impl Inference {
         let deadline = started + self.request_timeout;
         let selection = select_outputs(&target.signature, request.outputs.as_deref())?;
         let inputs = order_inputs(&target.signature, request.inputs)?;
+        target.observe_inputs(&inputs);
         let mut run = target.runner.run(inputs, deadline).await?;
         // Before output selection: the guard compares what the model predicted, whatever the
         // client asked to see.
         target.windows.predictions.record(variant, &run.outputs);
+        target.observe_outputs(&run.outputs);
         let mut outputs = std::mem::take(&mut run.outputs);
         if let Some(keep) = selection {
             outputs = keep

@@ -1,4 +1,4 @@
-//! The `sluice` command line: serve, check a config, list a repository.
+//! The `sluice` command line: serve, check a config, list a repository, build a drift profile.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +27,8 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// List the models and versions a repository holds and which would be loaded.
     Models(ConfigArgs),
+    /// Build a version's drift reference (profile.json) from a sample of training rows.
+    Profile(ProfileArgs),
     /// Operate a running sluice through its admin API (token from SLUICE_ADMIN_TOKEN).
     Ctl(CtlArgs),
     /// Print the version.
@@ -57,6 +59,43 @@ enum CtlAction {
     Unload { name: String },
     /// The repository index (every model folder and its state).
     Index,
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Model name (a folder in the repository).
+    #[arg(long)]
+    model: String,
+    /// Version to profile; the profile is written into its folder.
+    #[arg(long)]
+    version: u64,
+    /// Training rows: .npy (float32/float64, [rows, features]) or .csv (header optional).
+    #[arg(long)]
+    sample: PathBuf,
+    /// Runtime for the prediction run (auto, ort, tract); default: as the server would pick.
+    #[arg(long, value_parser = parse_runtime)]
+    runtime: Option<sluice::config::RuntimeChoice>,
+    /// Fine quantiles per feature (a multiple of 10): KS resolution is about 1/quantiles.
+    #[arg(long, default_value_t = sluice::monitor::drift::build::DEFAULT_QUANTILES)]
+    quantiles: usize,
+    /// The input whose columns are the features; default: the first 2-D float input.
+    #[arg(long)]
+    input: Option<String>,
+    /// Write here instead of <repository>/<model>/<version>/profile.json.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn parse_runtime(text: &str) -> Result<sluice::config::RuntimeChoice, String> {
+    use sluice::config::RuntimeChoice;
+    match text {
+        "auto" => Ok(RuntimeChoice::Auto),
+        "ort" => Ok(RuntimeChoice::Ort),
+        "tract" => Ok(RuntimeChoice::Tract),
+        other => Err(format!("'{other}' is not one of auto, ort, tract")),
+    }
 }
 
 /// Where the config comes from; flags override the file.
@@ -130,6 +169,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Models(args) => list_models(&args),
+        Command::Profile(args) => profile(&args),
         Command::Ctl(args) => ctl(&args),
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
@@ -209,6 +249,37 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
             anyhow::bail!("{status}: {pretty}")
         }
     })
+}
+
+fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
+    use sluice::monitor::drift::build::{ProfileRequest, write_profile};
+    use sluice::monitor::drift::profile::PredictionProfile;
+    let config = args.config.load()?;
+    let request = ProfileRequest {
+        model: args.model.clone(),
+        version: args.version,
+        sample: args.sample.clone(),
+        runtime: args.runtime,
+        quantiles: args.quantiles,
+        input: args.input.clone(),
+        output: args.output.clone(),
+    };
+    let (path, profile) = write_profile(&config, &request)?;
+    let prediction = match &profile.prediction {
+        Some(p @ PredictionProfile::Score { .. }) => format!("{} (quantiles)", p.describe()),
+        Some(p @ PredictionProfile::Class { classes, .. }) => {
+            format!("{} ({} classes)", p.describe(), classes.len())
+        }
+        None => "none".to_string(),
+    };
+    println!(
+        "wrote {}: {} rows, {} features of input '{}', prediction: {prediction}",
+        path.display(),
+        profile.sample.rows,
+        profile.features.len(),
+        profile.input
+    );
+    Ok(())
 }
 
 fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 #   cargo build --release -p sluice -p sluice-loadtest
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="$ROOT/target/release"
+# SLUICE_BIN_DIR: binaries built elsewhere (e.g. a shared CARGO_TARGET_DIR, copied aside).
+BIN="${SLUICE_BIN_DIR:-$ROOT/target/release}"
 FIX="$ROOT/gateway/tests/fixtures"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$ROOT/.ort/libonnxruntime.so}"
 export NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn}"

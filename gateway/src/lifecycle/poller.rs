@@ -16,15 +16,20 @@ use tokio::sync::watch;
 use super::{Actor, ModelManager};
 use crate::repository::{self, ModelDir};
 
-/// What a model folder looked like on one scan: the versions its policy selects with their
-/// file sizes and modification times, and the same for `model.toml`.
+/// What a model folder looked like on one scan: the versions its policy selects with the
+/// sizes and modification times of their model files and drift profiles, and the same for
+/// `model.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Observation {
-    versions: Vec<(u64, Option<(u64, SystemTime)>)>,
-    config: Option<(u64, SystemTime)>,
+    /// (version, model file, profile.json)
+    versions: Vec<(u64, Option<Fingerprint>, Option<Fingerprint>)>,
+    config: Option<Fingerprint>,
 }
 
-fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+/// A file's size and modification time.
+type Fingerprint = (u64, SystemTime);
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
@@ -39,6 +44,10 @@ fn observe(models: &ModelManager, dir: &ModelDir) -> Observation {
                 (
                     v,
                     fingerprint(&crate::runtime::model_file(&dir.version_dir(v))),
+                    fingerprint(
+                        &dir.version_dir(v)
+                            .join(crate::monitor::drift::profile::FILE_NAME),
+                    ),
                 )
             })
             .collect(),

@@ -12,6 +12,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorKind;
+use crate::monitor::drift::DriftReport;
 use crate::monitor::guard::RolloutState;
 use crate::routing::compare::Comparison;
 use crate::routing::{Snapshot, Variant};
@@ -39,6 +40,11 @@ pub const LIFECYCLE_EVENTS: &str = "sluice_lifecycle_events_total";
 pub const ROLLOUT_WEIGHT: &str = "sluice_rollout_canary_weight_percent";
 pub const ROLLOUT_STATE: &str = "sluice_rollout_state";
 pub const ROLLOUT_DECISIONS: &str = "sluice_rollout_decisions_total";
+pub const DRIFT_PSI: &str = "sluice_drift_psi";
+pub const DRIFT_KS: &str = "sluice_drift_ks";
+pub const PREDICTION_DRIFT_PSI: &str = "sluice_prediction_drift_psi";
+pub const PREDICTION_DRIFT_KS: &str = "sluice_prediction_drift_ks";
+pub const DRIFT_WINDOW_ROWS: &str = "sluice_drift_window_rows";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -214,6 +220,30 @@ fn describe() {
         "Rollout decisions by model and decision (step, promote, rollback, abort)"
     );
     describe_gauge!(
+        DRIFT_PSI,
+        "Population stability index of an input feature over the drift window against the \
+         version's profile (10 reference decile bins); NaN while the window is empty"
+    );
+    describe_gauge!(
+        DRIFT_KS,
+        "Kolmogorov-Smirnov statistic of an input feature over the drift window against the \
+         version's profile, evaluated at the profile's fine quantile edges"
+    );
+    describe_gauge!(
+        PREDICTION_DRIFT_PSI,
+        "Population stability index of the model's prediction over the drift window"
+    );
+    describe_gauge!(
+        PREDICTION_DRIFT_KS,
+        "Kolmogorov-Smirnov statistic of the model's prediction over the drift window \
+         (NaN for class predictions)"
+    );
+    describe_gauge!(
+        DRIFT_WINDOW_ROWS,
+        Unit::Count,
+        "Input rows in the drift window"
+    );
+    describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
         "Model versions in memory (loaded, or swapped out with requests still in flight)"
@@ -280,6 +310,48 @@ pub fn record_shadow_comparison(model: &str, version: u64, c: &Comparison) {
         histogram!(SHADOW_MAX_ABS_DIFF, "model" => model, "version" => version)
             .record(c.max_abs_diff);
     }
+}
+
+/// Publishes one version's drift gauges; a statistic without a value (empty window, KS of a
+/// class prediction) is NaN, so a stale number never outlives its data.
+pub fn record_drift(model: &str, version: u64, report: &DriftReport) {
+    let (model, version) = (model.to_string(), version.to_string());
+    let value = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    for feature in &report.features {
+        let labels = [
+            ("model", model.clone()),
+            ("version", version.clone()),
+            ("feature", feature.name.clone()),
+        ];
+        gauge!(DRIFT_PSI, &labels).set(value(feature.psi));
+        gauge!(DRIFT_KS, &labels).set(value(feature.ks));
+    }
+    let labels = [("model", model), ("version", version)];
+    if let Some(prediction) = &report.prediction {
+        gauge!(PREDICTION_DRIFT_PSI, &labels).set(value(prediction.psi));
+        gauge!(PREDICTION_DRIFT_KS, &labels).set(value(prediction.ks));
+    }
+    gauge!(DRIFT_WINDOW_ROWS, &labels).set(report.window_rows as f64);
+}
+
+/// Blanks the drift gauges of a version that is no longer served.
+pub fn clear_drift(model: &str, version: u64, features: &[String], prediction: bool) {
+    let (model, version) = (model.to_string(), version.to_string());
+    for feature in features {
+        let labels = [
+            ("model", model.clone()),
+            ("version", version.clone()),
+            ("feature", feature.clone()),
+        ];
+        gauge!(DRIFT_PSI, &labels).set(f64::NAN);
+        gauge!(DRIFT_KS, &labels).set(f64::NAN);
+    }
+    let labels = [("model", model), ("version", version)];
+    if prediction {
+        gauge!(PREDICTION_DRIFT_PSI, &labels).set(f64::NAN);
+        gauge!(PREDICTION_DRIFT_KS, &labels).set(f64::NAN);
+    }
+    gauge!(DRIFT_WINDOW_ROWS, &labels).set(0.0);
 }
 
 pub fn record_version_built() {

@@ -422,6 +422,32 @@ impl PredictionLog {
     }
 }
 
+/// Drift alerts (raised and cleared) become `drift` lifecycle events, so that whatever reads
+/// the events stream (a retraining job, an audit) learns of them.
+impl crate::monitor::drift::DriftAlertSink for PredictionLog {
+    fn alert(&self, alert: &crate::monitor::drift::DriftAlert) {
+        let what = if alert.prediction {
+            "prediction"
+        } else {
+            "input feature"
+        };
+        let state = match alert.state {
+            crate::monitor::drift::alert::AlertState::Raised => "drifting",
+            crate::monitor::drift::alert::AlertState::Cleared => "back within bounds",
+        };
+        self.event(
+            Event::new(
+                EventKind::Drift,
+                &alert.model,
+                "drift monitor",
+                format!("{what} '{}' {state}", alert.series),
+            )
+            .version(alert.version)
+            .details(serde_json::to_value(alert).unwrap_or_default()),
+        );
+    }
+}
+
 /// What a shutdown flush achieved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CloseReport {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::{ModelConfig, ModelDir};
-use crate::config::{Config, RuntimeConfig, VersionPolicy};
+use crate::config::{Config, DriftConfig, RuntimeChoice, RuntimeConfig, VersionPolicy};
+use crate::monitor::drift::{self, DriftMonitor};
 use crate::runtime::{
     Backend, LoadError, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
 };
@@ -29,6 +30,11 @@ pub struct LoadedVersion {
     settings: ModelConfig,
     /// Recent latency and errors per traffic variant, for the guard and the stats endpoint.
     pub windows: crate::monitor::window::VariantWindows,
+    /// Drift against the version's `profile.json`; `None` without one (or with drift off).
+    pub drift: Option<Arc<DriftMonitor>>,
+    /// Size and modification time of `profile.json` when it was loaded: a new profile
+    /// reloads the version.
+    profile_fingerprint: Option<(u64, SystemTime)>,
 }
 
 /// Versions built and not yet freed, in this process. A swapped-out version is freed when its
@@ -54,7 +60,29 @@ impl LoadedVersion {
     pub fn is_current(&self, model: &ModelDir) -> bool {
         self.settings == model.config
             && fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
+            && fingerprint(&profile_file(&self.path)) == self.profile_fingerprint
     }
+
+    /// Counts the request's (validated) inputs into the drift window; nothing without a
+    /// profile. A few relaxed atomic adds per feature and row, no lock, no allocation.
+    pub fn observe_inputs(&self, inputs: &[Tensor]) {
+        if let Some(drift) = &self.drift {
+            drift.observe_inputs(inputs);
+        }
+    }
+
+    /// Counts the prediction of each row; `outputs` in signature order, as the model
+    /// returned them.
+    pub fn observe_outputs(&self, outputs: &[Tensor]) {
+        if let Some(drift) = &self.drift {
+            drift.observe_outputs(outputs);
+        }
+    }
+}
+
+/// The profile next to a version's model file.
+fn profile_file(model_file: &std::path::Path) -> PathBuf {
+    model_file.with_file_name(drift::profile::FILE_NAME)
 }
 
 fn fingerprint(path: &std::path::Path) -> Option<(u64, SystemTime)> {
@@ -77,6 +105,7 @@ pub struct Loader {
     runtimes: Runtimes,
     runtime: RuntimeConfig,
     default_policy: VersionPolicy,
+    drift: DriftConfig,
     pub repository: PathBuf,
 }
 
@@ -86,6 +115,7 @@ impl Loader {
             runtimes: Runtimes::new(&config.runtime),
             runtime: config.runtime.clone(),
             default_policy: config.repository.version_policy.clone(),
+            drift: config.drift.clone(),
             repository: config.repository.path.clone(),
         }
     }
@@ -117,6 +147,51 @@ impl Loader {
             .map_err(|e| LoadError(format!("load task failed: {e}")))?
     }
 
+    /// One runnable instance of a version for offline work (`sluice profile`): built with the
+    /// model's runtime choice unless `runtime` overrides it and checked against `model.toml`;
+    /// no warm-up, no worker threads.
+    pub fn build_one(
+        &self,
+        model: &ModelDir,
+        version: u64,
+        runtime: Option<RuntimeChoice>,
+    ) -> Result<(ModelSignature, Box<dyn Backend>), LoadError> {
+        let path = model_file(&model.version_dir(version));
+        if !path.is_file() {
+            return Err(LoadError(format!("{} does not exist", path.display())));
+        }
+        let choice = runtime
+            .or(model.config.runtime)
+            .unwrap_or(self.runtime.default);
+        let mut built = self.runtimes.build(&path, choice, 1)?;
+        model
+            .config
+            .check_inputs(&built.signature.inputs)
+            .map_err(LoadError)?;
+        let backend = built
+            .instances
+            .pop()
+            .ok_or_else(|| LoadError("the runtime built no instance".into()))?;
+        Ok((built.signature, backend))
+    }
+
+    /// The version's drift monitor. A profile that cannot be used is reported and the version
+    /// serves without drift: a stale profile must not keep a good model from serving.
+    fn drift_monitor(
+        &self,
+        model: &ModelDir,
+        version: u64,
+        signature: &ModelSignature,
+    ) -> Option<Arc<DriftMonitor>> {
+        match drift::monitor_for(&model.version_dir(version), signature, &self.drift) {
+            Ok(monitor) => monitor.map(Arc::new),
+            Err(error) => {
+                tracing::warn!(model = %model.name, version, %error, "drift is off for this version");
+                None
+            }
+        }
+    }
+
     fn load_blocking(
         &self,
         model: &ModelDir,
@@ -129,6 +204,7 @@ impl Loader {
         }
         let instances = model.config.instances.unwrap_or(self.runtime.instances);
         let choice = model.config.runtime.unwrap_or(self.runtime.default);
+        let profile_fingerprint = fingerprint(&profile_file(&path));
         let fingerprint = fingerprint(&path);
         let mut built = self.runtimes.build(&path, choice, instances)?;
         model
@@ -147,6 +223,7 @@ impl Loader {
             );
             batching = None;
         }
+        let drift = self.drift_monitor(model, version, &built.signature);
         let runner = Runner::start(
             built.instances,
             RunnerOptions {
@@ -163,6 +240,7 @@ impl Loader {
             reason = %built.reason,
             instances,
             batching = ?batching,
+            drift = drift.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model version loaded"
         );
@@ -179,6 +257,8 @@ impl Loader {
             fingerprint,
             settings: model.config.clone(),
             windows: Default::default(),
+            drift,
+            profile_fingerprint,
         }))
     }
 }

@@ -41,6 +41,10 @@ pub struct DeclaredInput {
     pub datatype: String,
     /// Shape with -1 for dynamic dimensions, e.g. [-1, 12].
     pub shape: Vec<i64>,
+    /// Names of the columns of a `[-1, F]` input, for drift profiles and metrics; unnamed
+    /// columns are called `f0`, `f1`, ...
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 impl ModelConfig {
@@ -83,6 +87,17 @@ impl ModelConfig {
                 problems.push(format!(
                     "inputs.{}: unknown datatype '{}'",
                     input.name, input.datatype
+                ));
+            }
+            let columns = input.shape.last().copied().unwrap_or(0);
+            if !input.features.is_empty()
+                && (input.shape.len() != 2 || columns != input.features.len() as i64)
+            {
+                problems.push(format!(
+                    "inputs.{}: {} feature names for shape {}",
+                    input.name,
+                    input.features.len(),
+                    format_dims(&input.shape)
                 ));
             }
         }

@@ -137,6 +137,8 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
     let elapsed = started.elapsed();
     let (status, error, outputs, comparison) = match &result {
         Ok(run) => {
+            target.observe_inputs(&job.inputs);
+            target.observe_outputs(&run.outputs);
             let comparison = compare(&job.primary_outputs, &run.outputs);
             metrics::record_shadow_comparison(&target.model, target.version, &comparison);
             update(totals, &job, |s| s.add(&comparison));

@@ -293,8 +293,16 @@ struct VariantStats {
     stats: crate::monitor::window::WindowStats,
 }
 
+/// Drift of one version over its drift window (`drift.window`, not the stats span).
+#[derive(Serialize)]
+struct VersionDrift {
+    version: u64,
+    #[serde(flatten)]
+    report: crate::monitor::drift::DriftReport,
+}
+
 /// p50/p90/p99, request rate and server-side error rate per version and variant over a recent
-/// span, straight from the in-process rolling windows.
+/// span, straight from the in-process rolling windows; and drift per version with a profile.
 async fn model_stats(
     State(state): AppState,
     Path(model): Path<String>,
@@ -330,10 +338,23 @@ async fn model_stats(
                 }
             }
         }
+        let drift: Vec<VersionDrift> = routes
+            .versions
+            .values()
+            .rev()
+            .filter_map(|v| {
+                let report = v.drift.as_ref()?.report();
+                Some(VersionDrift {
+                    version: v.version,
+                    report,
+                })
+            })
+            .collect();
         Ok::<_, ServeError>(json_ok(&serde_json::json!({
             "model": model,
             "window_seconds": span.as_secs().clamp(1, 120),
             "series": series,
+            "drift": drift,
         })))
     };
     run().unwrap_or_else(IntoResponse::into_response)

@@ -146,6 +146,9 @@ impl Server {
             )));
         }
         tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
+        if config.drift.enabled {
+            tasks.push(spawn_drift_evaluator(&config, &models, &shutdown)?);
+        }
         ready.store(true, Ordering::Release);
         grpc::set_serving(&grpc_health, true).await;
         tracing::info!(
@@ -196,6 +199,26 @@ impl Server {
             .await
             .unwrap_or_default()
     }
+}
+
+/// Starts the drift evaluator. Alerts go to the log and to every sink here: the webhook when
+/// one is configured (further sinks, e.g. the events topic, are added to this list).
+fn spawn_drift_evaluator(
+    config: &Config,
+    models: &ModelManager,
+    shutdown: &watch::Sender<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    use crate::monitor::drift::{DriftAlertSink, Evaluator, WebhookSink};
+    let mut sinks: Vec<Arc<dyn DriftAlertSink>> = vec![Arc::new(models.events().clone())];
+    if let Some(url) = &config.drift.webhook_url {
+        let webhook = WebhookSink::new(url, config.drift.webhook_timeout)
+            .context("cannot build the drift webhook client")?;
+        sinks.push(Arc::new(webhook));
+    }
+    let evaluator = Evaluator::new(Arc::clone(models.router()), &config.drift, sinks);
+    Ok(tokio::spawn(
+        evaluator.run(config.drift.evaluate_interval, shutdown.subscribe()),
+    ))
 }
 
 /// The metrics listener: Prometheus text exposition at `/metrics`.
