@@ -492,7 +492,11 @@ fn write_loop(
                 }
             }
         }
-        std::thread::sleep(if held.is_some() { RETRY_PAUSE } else { POLL_PAUSE });
+        std::thread::sleep(if held.is_some() {
+            RETRY_PAUSE
+        } else {
+            POLL_PAUSE
+        });
     };
     // Shutdown: deliver what is queued until the deadline, then let the sink flush.
     let mut undelivered = 0;
