@@ -25,6 +25,8 @@ pub struct Config {
     pub prediction_log: crate::predlog::PredictionLogConfig,
     /// Guarded rollouts: how often the guard looks, and every rollout's defaults.
     pub rollout: crate::monitor::guard::RolloutConfig,
+    /// Replicas that follow one Kafka control topic; off (a single node) by default.
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -321,6 +323,7 @@ impl Config {
         }
         problems.extend(self.prediction_log.problems());
         problems.extend(self.rollout.problems());
+        problems.extend(self.fleet.problems());
         if let Some(lib) = &r.ort_library
             && !lib.is_file()
         {

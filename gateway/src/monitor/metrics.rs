@@ -39,6 +39,7 @@ pub const LIFECYCLE_EVENTS: &str = "sluice_lifecycle_events_total";
 pub const ROLLOUT_WEIGHT: &str = "sluice_rollout_canary_weight_percent";
 pub const ROLLOUT_STATE: &str = "sluice_rollout_state";
 pub const ROLLOUT_DECISIONS: &str = "sluice_rollout_decisions_total";
+pub const FLEET_RECORDS: &str = "sluice_fleet_records_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -213,6 +214,13 @@ fn describe() {
         Unit::Count,
         "Rollout decisions by model and decision (step, promote, rollback, abort)"
     );
+    describe_counter!(
+        FLEET_RECORDS,
+        Unit::Count,
+        "Control-topic records read, by outcome: applied, duplicate (the state in force \
+         already), stale (lost a race with another change), failed (could not be applied \
+         here), invalid (not a sluice.control.v1 record)"
+    );
     describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
@@ -317,6 +325,11 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
             }
         }
     }
+}
+
+/// One control-topic record handled, by outcome.
+pub fn record_fleet_record(outcome: &'static str) {
+    counter!(FLEET_RECORDS, "outcome" => outcome).increment(1);
 }
 
 pub fn record_rollout_decision(model: &str, decision: &'static str) {
