@@ -135,4 +135,11 @@ mod tests {
         }
         assert_eq!(config.brokers_or("kafka:9092"), "kafka:9092");
     }
+
+    #[test]
+    fn the_documented_config_shows_the_defaults() {
+        let text = include_str!("../../../config/sluice.toml");
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        assert_eq!(config.fleet, FleetConfig::default());
+    }
 }
