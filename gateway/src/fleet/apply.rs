@@ -96,8 +96,11 @@ impl Fleet {
             .get(model)
             .map(|r| r.versions.keys().copied().collect())
             .unwrap_or_default();
-        let reload =
-            self.ledger().loads.insert(model.to_string(), record.load) != Some(record.load);
+        // A load request this replica has not carried out yet means reading the files again.
+        // A model's first record here with no load request at all (0: its versions are what
+        // every replica loaded at start-up) needs no reading, only what is missing.
+        let previous = self.ledger().loads.insert(model.to_string(), record.load);
+        let reload = previous.map_or(record.load != 0, |p| p != record.load);
         if !record.loaded {
             if router.snapshot().models.contains_key(model) {
                 self.models.unload(model, &actor).await?;

@@ -284,7 +284,17 @@ impl Fleet {
     ) -> Result<apply::Applied, ServeError> {
         let deadline = tokio::time::Instant::now() + self.apply_timeout;
         let (delivered, applied, op) = {
-            let _applying = self.applying.lock().await;
+            let Ok(_applying) = tokio::time::timeout_at(deadline, self.applying.lock()).await
+            else {
+                return Err(ServeError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "this replica is still applying an earlier change of the fleet (a \
+                         model load?) after {}; nothing was written: try again shortly",
+                        humantime::format_duration(self.apply_timeout)
+                    ),
+                ));
+            };
             let mut record = self.base(model, &actor.0, reason);
             edit(&mut record)?;
             let (tx, rx) = oneshot::channel();
