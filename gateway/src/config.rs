@@ -25,6 +25,8 @@ pub struct Config {
     pub prediction_log: crate::predlog::PredictionLogConfig,
     /// Guarded rollouts: how often the guard looks, and every rollout's defaults.
     pub rollout: crate::monitor::guard::RolloutConfig,
+    /// Replicas that follow one Kafka control topic; off (a single node) by default.
+    pub fleet: crate::fleet::FleetConfig,
     /// Input and prediction drift against each version's `profile.json`.
     pub drift: DriftConfig,
 }
@@ -415,6 +417,7 @@ impl Config {
         }
         problems.extend(self.prediction_log.problems());
         problems.extend(self.rollout.problems());
+        problems.extend(self.fleet.problems());
         if let Some(lib) = &r.ort_library
             && !lib.is_file()
         {

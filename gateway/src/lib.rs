@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod infer;
 pub mod lifecycle;
 pub mod monitor;

@@ -120,6 +120,10 @@ struct ConfigArgs {
     /// overrides prediction_log.kafka.brokers).
     #[arg(long, env = "SLUICE_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
+    /// Kafka control topic that replicas of a fleet share (overrides fleet.control_topic;
+    /// brokers: fleet.brokers, else the prediction log's).
+    #[arg(long, env = "SLUICE_CONTROL_TOPIC")]
+    control_topic: Option<String>,
 }
 
 const DEFAULT_CONFIG: &str = "config/sluice.toml";
@@ -153,6 +157,9 @@ impl ConfigArgs {
         if let Some(brokers) = &self.kafka_brokers {
             config.prediction_log.sink = sluice::predlog::SinkChoice::Kafka;
             config.prediction_log.kafka.brokers = brokers.clone();
+        }
+        if let Some(topic) = self.control_topic.as_ref().filter(|t| !t.is_empty()) {
+            config.fleet.control_topic = Some(topic.clone());
         }
         Ok(config)
     }

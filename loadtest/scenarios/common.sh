@@ -33,3 +33,27 @@ d = json.load(sys.stdin); l = d['latency_ms']
 bad = sum(v for k, v in d['status_counts'].items() if k != '200') + sum(d['errors'].values())
 print(f\"{'$label':34s} {d['throughput_rps']:9.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms  max {l['max']:7.2f} ms  non-200/errors {bad}\")"
 }
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# load_cpu LABEL PID sluice-load-args...: like `load`, plus the CPU that process PID spent per
+# request. CPU per request holds up on a busy machine, where throughput moves with whatever
+# else runs.
+load_cpu() {
+    local label=$1 pid=$2; shift 2
+    local before after out
+    out=$(mktemp)
+    before=$(cpu_ticks "$pid")
+    "$BIN/sluice-load" --json --quiet "$@" >"$out"
+    after=$(cpu_ticks "$pid")
+    python3 - "$out" "$label" $((after - before)) "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); label = sys.argv[2]; ticks, hz = int(sys.argv[3]), int(sys.argv[4])
+n = sum(d['status_counts'].values()); l = d['latency_ms']
+bad = n - d['status_counts'].get('200', 0) + sum(d['errors'].values())
+print(f"{label:34s} {d['throughput_rps']:9.0f} req/s  p50 {l['p50']:6.2f} ms  p99 {l['p99']:6.2f} ms  "
+      f"CPU {ticks * 1e6 / hz / max(n, 1):6.1f} us/req  non-200/errors {bad}")
+PY
+    rm -f "$out"
+}

@@ -1,6 +1,7 @@
 //! Model lifecycle: (re)loading a model's versions from the repository and publishing them in
 //! one snapshot store, unloading, and the start-up load of the whole repository.
 
+mod exact;
 mod index;
 mod poller;
 
@@ -90,6 +91,11 @@ impl ModelManager {
     pub fn with_rollout_defaults(mut self, defaults: RolloutConfig) -> ModelManager {
         self.rollouts = defaults;
         self
+    }
+
+    /// The defaults of rollouts that a model's `[rollout]` table starts.
+    pub fn rollout_defaults(&self) -> &RolloutConfig {
+        &self.rollouts
     }
 
     /// The events stream, for other parts that change models (traffic, rollouts).
@@ -335,11 +341,20 @@ impl ModelManager {
     /// Loads every model in the repository. A model that fails is logged and left out; the
     /// rest serve.
     pub async fn load_all(&self) -> Result<(), repository::RepositoryError> {
+        self.load_all_but(|_| false).await
+    }
+
+    /// Like [`ModelManager::load_all`], leaving out the models `skip` names (a fleet loads
+    /// those as its control topic says).
+    pub async fn load_all_but(
+        &self,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<(), repository::RepositoryError> {
         let (models, problems) = repository::scan(&self.loader.repository)?;
         for problem in problems {
             tracing::error!(error = %problem, "model skipped");
         }
-        for model in models {
+        for model in models.iter().filter(|m| !skip(&m.name)) {
             let _ = self.load(&model.name, &Actor::new("start-up")).await;
         }
         Ok(())

@@ -55,9 +55,12 @@ fn observe(models: &ModelManager, dir: &ModelDir) -> Observation {
     }
 }
 
-/// Scans every `interval` until shutdown.
+/// Scans every `interval` until shutdown. In a fleet, what it finds is asked of the fleet
+/// (every replica then loads the same versions); each replica's poller may ask, and the
+/// control topic keeps the first of equal requests.
 pub async fn poll(
     models: Arc<ModelManager>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -95,7 +98,10 @@ pub async fn poll(
                 continue;
             }
             applied.insert(name.clone(), seen.clone());
-            let _ = models.load(name, &actor).await;
+            let _ = match &fleet {
+                Some(fleet) => fleet.load(name, &actor).await.map(drop),
+                None => models.load(name, &actor).await.map(drop),
+            };
         }
         // Folders that are gone (seen gone twice) stop being served.
         let served: Vec<String> = models.router.snapshot().models.keys().cloned().collect();
@@ -104,7 +110,10 @@ pub async fn poll(
                 && !previous.contains_key(&name)
                 && applied.remove(&name).is_some()
             {
-                let _ = models.unload(&name, &actor).await;
+                let _ = match &fleet {
+                    Some(fleet) => fleet.unload(&name, &actor).await,
+                    None => models.unload(&name, &actor).await,
+                };
             }
         }
         previous = current;

@@ -45,6 +45,7 @@ pub const DRIFT_KS: &str = "sluice_drift_ks";
 pub const PREDICTION_DRIFT_PSI: &str = "sluice_prediction_drift_psi";
 pub const PREDICTION_DRIFT_KS: &str = "sluice_prediction_drift_ks";
 pub const DRIFT_WINDOW_ROWS: &str = "sluice_drift_window_rows";
+pub const FLEET_RECORDS: &str = "sluice_fleet_records_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -219,6 +220,13 @@ fn describe() {
         Unit::Count,
         "Rollout decisions by model and decision (step, promote, rollback, abort)"
     );
+    describe_counter!(
+        FLEET_RECORDS,
+        Unit::Count,
+        "Control-topic records read, by outcome: applied, duplicate (the state in force \
+         already), stale (lost a race with another change), failed (could not be applied \
+         here), invalid (not a sluice.control.v1 record)"
+    );
     describe_gauge!(
         DRIFT_PSI,
         "Population stability index of an input feature over the drift window against the \
@@ -389,6 +397,11 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
             }
         }
     }
+}
+
+/// One control-topic record handled, by outcome.
+pub fn record_fleet_record(outcome: &'static str) {
+    counter!(FLEET_RECORDS, "outcome" => outcome).increment(1);
 }
 
 pub fn record_rollout_decision(model: &str, decision: &'static str) {

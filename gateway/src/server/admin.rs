@@ -89,7 +89,10 @@ async fn load(
 ) -> Response {
     let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
-        let report = state.models.load(&model, &actor).await?;
+        let report = match &state.fleet {
+            Some(fleet) => fleet.load(&model, &actor).await?,
+            None => state.models.load(&model, &actor).await?,
+        };
         Ok::<_, ServeError>(json_ok(&report))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -103,7 +106,10 @@ async fn unload(
 ) -> Response {
     let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
-        state.models.unload(&model, &actor).await?;
+        match &state.fleet {
+            Some(fleet) => fleet.unload(&model, &actor).await?,
+            None => state.models.unload(&model, &actor).await?,
+        }
         Ok::<_, ServeError>(json_ok(
             &serde_json::json!({ "model": model, "unloaded": true }),
         ))
@@ -241,6 +247,9 @@ async fn set_traffic(
         let body = read_body(&state, &headers, body).await?;
         let policy: TrafficPolicy = serde_json::from_slice(&body)
             .map_err(|e| ServeError::bad_request(format!("invalid traffic policy: {e}")))?;
+        if let Some(fleet) = &state.fleet {
+            return Ok(json_ok(&fleet.set_traffic(&model, &policy, &actor).await?));
+        }
         let mut applied = None;
         state.models.router().try_update(|snapshot| {
             let routes = snapshot

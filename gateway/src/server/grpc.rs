@@ -37,6 +37,8 @@ pub struct GrpcState {
     pub max_message_size: usize,
     /// Gatekeeper for the repository load/unload calls, the same as the HTTP admin API's.
     pub auth: AdminAuth,
+    /// In a fleet, loads and unloads go through the control topic.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// The gRPC listener, built and ready to serve.
@@ -252,10 +254,11 @@ impl GrpcInferenceService for InferenceService {
             ))
             .into());
         }
-        self.0
-            .models
-            .load(required("model_name", &request.model_name)?, &actor)
-            .await?;
+        let model = required("model_name", &request.model_name)?;
+        match &self.0.fleet {
+            Some(fleet) => fleet.load(model, &actor).await?,
+            None => self.0.models.load(model, &actor).await?,
+        };
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -265,10 +268,11 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
         let actor = self.authorize(&request)?;
         let request = request.into_inner();
-        self.0
-            .models
-            .unload(required("model_name", &request.model_name)?, &actor)
-            .await?;
+        let model = required("model_name", &request.model_name)?;
+        match &self.0.fleet {
+            Some(fleet) => fleet.unload(model, &actor).await?,
+            None => self.0.models.unload(model, &actor).await?,
+        }
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
 }

@@ -33,6 +33,8 @@ pub struct HttpState {
     pub auth: super::auth::AdminAuth,
     /// Runs guarded rollouts.
     pub guard: Arc<crate::monitor::guard::Guard>,
+    /// In a fleet, changes go through the control topic.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 type AppState = State<Arc<HttpState>>;

@@ -88,12 +88,18 @@ impl Server {
             log.clone(),
             config.server.max_concurrent_requests,
         ));
-        let guard = Arc::new(crate::monitor::guard::Guard::new(
-            router,
-            log.clone(),
-            Arc::clone(&inference),
-            config.rollout.clone(),
-        ));
+        let fleet = crate::fleet::Fleet::connect(&config, Arc::clone(&models))
+            .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
+        let fleet_handle = fleet.as_ref().map(|(fleet, _)| Arc::clone(fleet));
+        let guard = Arc::new(
+            crate::monitor::guard::Guard::new(
+                router,
+                log.clone(),
+                Arc::clone(&inference),
+                config.rollout.clone(),
+            )
+            .with_fleet(fleet_handle.clone()),
+        );
         let (shutdown, _) = watch::channel(false);
 
         let admin_auth =
@@ -104,6 +110,7 @@ impl Server {
             ready: Arc::clone(&ready),
             max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
             auth: admin_auth.clone(),
+            fleet: fleet_handle.clone(),
         })
         .await;
         let grpc_health = grpc.health();
@@ -114,6 +121,7 @@ impl Server {
             max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
             auth: admin_auth,
             guard: Arc::clone(&guard),
+            fleet: fleet_handle.clone(),
         }));
         let drain = config.server.drain_timeout;
         let mut tasks = vec![
@@ -137,10 +145,22 @@ impl Server {
             drain,
         )));
 
-        models.load_all().await?;
+        match fleet {
+            // A replica of a fleet serves what the control topic says, so it reads the topic
+            // before it reports ready.
+            Some((fleet, mut feed)) => {
+                fleet
+                    .catch_up(&mut feed)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
+                tasks.push(tokio::spawn(fleet.run(feed, shutdown.subscribe())));
+            }
+            None => models.load_all().await?,
+        }
         if let Some(interval) = config.repository.poll_interval {
             tasks.push(tokio::spawn(crate::lifecycle::poll(
                 Arc::clone(&models),
+                fleet_handle,
                 interval,
                 shutdown.subscribe(),
             )));

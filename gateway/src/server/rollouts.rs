@@ -93,7 +93,14 @@ async fn start(
         let body = read_body(&state, &headers, body).await?;
         let request: RolloutOverrides = serde_json::from_slice(&body)
             .map_err(|e| ServeError::bad_request(format!("invalid rollout: {e}")))?;
-        let rollout = state.guard.start(&model, &request, &actor.0)?;
+        let rollout = match &state.fleet {
+            Some(fleet) => {
+                fleet
+                    .start_rollout(&state.guard, &model, &request, &actor)
+                    .await?
+            }
+            None => state.guard.start(&model, &request, &actor.0)?,
+        };
         let body = json_ok(&view(&model, &rollout, None));
         Ok::<_, ServeError>((StatusCode::CREATED, body).into_response())
     };
@@ -114,10 +121,13 @@ async fn abort(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let run = || {
+    let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
-        let rollout = state.guard.abort(&model, &actor.0)?;
+        let rollout = match &state.fleet {
+            Some(fleet) => fleet.abort_rollout(&state.guard, &model, &actor).await?,
+            None => state.guard.abort(&model, &actor.0)?,
+        };
         Ok::<_, ServeError>(json_ok(&view(&model, &rollout, None)))
     };
-    run().unwrap_or_else(IntoResponse::into_response)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -93,6 +93,23 @@ impl Tansu {
         }
     }
 
+    /// Creates a topic with `partitions` partitions and topic configs such as
+    /// "cleanup.policy=compact".
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[&str]) {
+        let mut command = Command::new("tansu");
+        command
+            .args(["topic", "create", name, "--broker", &self.url()])
+            .args(["--partitions", &partitions.to_string()]);
+        for config in configs {
+            command.args(["--config", config]);
+        }
+        let status = command
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tansu topic create");
+        assert!(status.success(), "tansu topic create {name}");
+    }
+
     pub fn create_topic(&self, name: &str) {
         let status = Command::new("tansu")
             .args(["topic", "create", name, "--broker", &self.url()])

@@ -194,7 +194,7 @@ fn primary_sample(baseline: &LoadedVersion, r: &Rollout) -> Sample {
 }
 
 /// The baseline's numbers over the whole rollout, frozen for the watch.
-fn predecessor(baseline: &LoadedVersion, r: &Rollout) -> Reference {
+pub(super) fn predecessor(baseline: &LoadedVersion, r: &Rollout) -> Reference {
     Reference {
         stats: baseline
             .windows

@@ -14,6 +14,7 @@ pub mod judge;
 pub mod plan;
 pub mod state;
 pub mod stats;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 pub use judge::Assessment;
 pub use plan::{RolloutConfig, RolloutOverrides, RolloutPlan, ShadowStage};
 pub use state::{Phase, Rollout, RolloutState};
+pub use wire::{DecisionRecord, RolloutRecord};
 
 use decide::{Action, transition};
 
@@ -31,7 +33,7 @@ use crate::error::{ErrorKind, ServeError};
 use crate::infer::Inference;
 use crate::monitor::metrics;
 use crate::predlog::{Event, EventKind, PredictionLog};
-use crate::routing::{ModelRoutes, Router, parse_version};
+use crate::routing::{ModelRoutes, Router, Traffic, parse_version};
 
 /// The actor named in the guard's own decisions.
 pub(crate) const GUARD: &str = "guard";
@@ -56,6 +58,9 @@ pub struct Guard {
     inference: Arc<Inference>,
     config: RolloutConfig,
     notes: Mutex<Notes>,
+    /// In a fleet, decisions go to the control topic and come back to be applied here like on
+    /// every other replica; alone, the guard stores them itself.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Guard {
@@ -71,7 +76,14 @@ impl Guard {
             inference,
             config,
             notes: Mutex::default(),
+            fleet: None,
         }
+    }
+
+    /// Publishes decisions to the fleet's control topic instead of storing them.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Guard {
+        self.fleet = fleet;
+        self
     }
 
     /// The `[rollout]` defaults.
@@ -154,6 +166,20 @@ impl Guard {
         numbers: Option<Assessment>,
         now: Instant,
     ) -> Option<Arc<Rollout>> {
+        if let Some(fleet) = &self.fleet {
+            // Every replica applies the decision when it reads it back, this one included; a
+            // replica deciding the same is harmless (the records are equal by rollout, step
+            // and outcome).
+            let snapshot = self.router.snapshot();
+            let routes = snapshot.models.get(model)?;
+            let current = routes.rollout.as_ref()?;
+            if current.id != seen.id || current.phase != seen.phase || !current.is_active() {
+                return None;
+            }
+            let next = transition(current, routes, &action, numbers, now);
+            fleet.propose_decision(model, &next, &next.traffic(&routes.traffic));
+            return None;
+        }
         let mut stored = None;
         let result = self.router.try_update(|snapshot| {
             let routes = snapshot.models.get(model).ok_or(Stale)?;
@@ -216,16 +242,7 @@ impl Guard {
         overrides: &RolloutOverrides,
         actor: &str,
     ) -> Result<Arc<Rollout>, ServeError> {
-        let text = overrides.version.as_deref().ok_or_else(|| {
-            ServeError::bad_request(
-                "invalid rollout: version: missing; name the version to roll out",
-            )
-        })?;
-        let candidate = parse_version(text)
-            .map_err(|e| ServeError::bad_request(format!("invalid rollout: {}", e.message)))?;
-        let plan = self.config.plan(overrides).map_err(|problems| {
-            ServeError::bad_request(format!("invalid rollout: {}", problems.join("; ")))
-        })?;
+        let (candidate, plan) = self.plan_for(overrides)?;
         let now = Instant::now();
         let mut started = None;
         self.router.try_update(|snapshot| {
@@ -249,6 +266,21 @@ impl Guard {
         Ok(rollout)
     }
 
+    /// The candidate and the checked plan an API request asks for.
+    pub fn plan_for(&self, overrides: &RolloutOverrides) -> Result<(u64, RolloutPlan), ServeError> {
+        let text = overrides.version.as_deref().ok_or_else(|| {
+            ServeError::bad_request(
+                "invalid rollout: version: missing; name the version to roll out",
+            )
+        })?;
+        let candidate = parse_version(text)
+            .map_err(|e| ServeError::bad_request(format!("invalid rollout: {}", e.message)))?;
+        let plan = self.config.plan(overrides).map_err(|problems| {
+            ServeError::bad_request(format!("invalid rollout: {}", problems.join("; ")))
+        })?;
+        Ok((candidate, plan))
+    }
+
     /// Stops the model's running rollout: all traffic back on the baseline (during a watch,
     /// the watch ends and the promotion stands).
     pub fn abort(&self, model: &str, actor: &str) -> Result<Arc<Rollout>, ServeError> {
@@ -257,28 +289,7 @@ impl Guard {
             .models
             .get(model)
             .ok_or_else(|| ServeError::unknown_model(model))?;
-        let rollout = routes.rollout.as_ref().ok_or_else(|| no_rollout(model))?;
-        if !rollout.is_active() {
-            return Err(ServeError::new(
-                ErrorKind::Conflict,
-                format!(
-                    "the rollout of version {} of model '{model}' has already ended ({})",
-                    rollout.candidate,
-                    rollout.state.as_str()
-                ),
-            ));
-        }
-        let reason = match rollout.phase {
-            Phase::Watch => format!("watch of version {} stopped by {actor}", rollout.candidate),
-            _ => format!(
-                "rollout of version {} aborted by {actor}; version {} serves all traffic",
-                rollout.candidate, rollout.baseline
-            ),
-        };
-        let action = Action::Abort {
-            actor: actor.to_string(),
-            reason,
-        };
+        let (rollout, action) = abort_action(routes, model, actor)?;
         let latest = self.latest(model, rollout.id);
         self.apply(model, rollout, action, latest, Instant::now())
             .ok_or_else(|| {
@@ -287,6 +298,21 @@ impl Guard {
                     format!("the rollout of model '{model}' changed meanwhile; try again"),
                 )
             })
+    }
+
+    /// What an abort by `actor` would make of the model's rollout, with the traffic it
+    /// implies; nothing is stored (a fleet publishes it).
+    pub fn aborted(
+        &self,
+        routes: &ModelRoutes,
+        model: &str,
+        actor: &str,
+    ) -> Result<(Rollout, Traffic), ServeError> {
+        let (rollout, action) = abort_action(routes, model, actor)?;
+        let latest = self.latest(model, rollout.id);
+        let next = transition(rollout, routes, &action, latest, Instant::now());
+        let traffic = next.traffic(&routes.traffic);
+        Ok((next, traffic))
     }
 
     /// The model's latest rollout (running or ended) and the latest comparison.
@@ -313,6 +339,37 @@ impl Guard {
         })
         .flatten()
     }
+}
+
+/// The model's running rollout and the abort `actor` asks for; refused when there is none.
+fn abort_action<'r>(
+    routes: &'r ModelRoutes,
+    model: &str,
+    actor: &str,
+) -> Result<(&'r Arc<Rollout>, Action), ServeError> {
+    let rollout = routes.rollout.as_ref().ok_or_else(|| no_rollout(model))?;
+    if !rollout.is_active() {
+        return Err(ServeError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the rollout of version {} of model '{model}' has already ended ({})",
+                rollout.candidate,
+                rollout.state.as_str()
+            ),
+        ));
+    }
+    let reason = match rollout.phase {
+        Phase::Watch => format!("watch of version {} stopped by {actor}", rollout.candidate),
+        _ => format!(
+            "rollout of version {} aborted by {actor}; version {} serves all traffic",
+            rollout.candidate, rollout.baseline
+        ),
+    };
+    let action = Action::Abort {
+        actor: actor.to_string(),
+        reason,
+    };
+    Ok((rollout, action))
 }
 
 fn no_rollout(model: &str) -> ServeError {
@@ -361,5 +418,41 @@ pub fn announce_start(events: &PredictionLog, router: &Router, model: &str, roll
                 "weight": rollout.weight(),
                 "plan": rollout.plan,
             })),
+    );
+}
+
+/// The event, log line and metric for a rollout decision a fleet applied, told by the replica
+/// that decided it (so the fleet records each decision once).
+pub fn announce_adopted(events: &PredictionLog, router: &Router, model: &str, r: &Rollout) {
+    let Some(last) = r.timeline.last() else {
+        return;
+    };
+    let (kind, metric) = match last.decision {
+        "start" => return announce_start(events, router, model, r),
+        "promote" => (EventKind::Promote, Some("promote")),
+        "rollback" => (EventKind::Rollback, Some("rollback")),
+        "abort" => (EventKind::Rollback, Some("abort")),
+        "watch_end" => {
+            tracing::info!(model, version = r.candidate, reason = %r.reason, "rollout watch ended");
+            return;
+        }
+        _ => (EventKind::RolloutStep, Some("step")),
+    };
+    if let Some(decision) = metric {
+        metrics::record_rollout_decision(model, decision);
+    }
+    if last.decision == "rollback" {
+        tracing::warn!(
+            model,
+            version = r.candidate,
+            baseline = r.baseline,
+            reason = %r.reason,
+            "rollout rolled back"
+        );
+    }
+    events.event(
+        Event::new(kind, model, last.actor.as_str(), r.reason.clone())
+            .version(r.candidate)
+            .details(event_details(r)),
     );
 }

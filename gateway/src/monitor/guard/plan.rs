@@ -155,8 +155,10 @@ fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     }))
 }
 
-/// A checked rollout plan: the defaults with the overrides applied.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A checked rollout plan: the defaults with the overrides applied. The control topic carries it
+/// whole, so every replica judges a rollout by the same plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RolloutPlan {
     pub steps: Vec<f64>,
     #[serde(with = "human_duration")]
@@ -170,7 +172,7 @@ pub struct RolloutPlan {
     pub confidence: f64,
     #[serde(with = "human_duration")]
     pub watch_period: Duration,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_stage: Option<ShadowStage>,
 }
 

@@ -3,10 +3,9 @@
 //! traffic it implies, and both go into the snapshot in one store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::judge::Assessment;
 use super::plan::RolloutPlan;
@@ -16,8 +15,9 @@ use crate::monitor::window::WindowStats;
 use crate::routing::traffic::weight_points;
 use crate::routing::{ModelRoutes, Traffic, Variant};
 
-/// Where a rollout stands, as the API, the events and `sluice_rollout_state` name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Where a rollout stands, as the API, the events, the control topic and
+/// `sluice_rollout_state` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Shadow stage or canary steps under way.
@@ -112,9 +112,10 @@ pub struct Decision {
     pub weight: f64,
     pub actor: String,
     pub reason: String,
-    /// The comparison the decision was made on.
+    /// The comparison the decision was made on, as the deciding replica saw it (kept as JSON
+    /// so that it travels with the rollout through a fleet's control topic).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub numbers: Option<Assessment>,
+    pub numbers: Option<serde_json::Value>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -124,7 +125,8 @@ fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 /// One model's rollout: held in its `ModelRoutes`, replaced as a whole on every change.
 #[derive(Clone, Debug)]
 pub struct Rollout {
-    /// Unique in this process; guards against acting on a rollout that was replaced.
+    /// Unique across a fleet (random), so that replicas name the same rollout the same way and
+    /// the guard never acts on a rollout that was replaced.
     pub id: u64,
     pub candidate: u64,
     /// The primary when the rollout began: the rollback target.
@@ -142,7 +144,11 @@ pub struct Rollout {
     pub reason: String,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// A fresh rollout id: random, so that ids from different replicas of a fleet do not collide,
+/// and below 2^53 so that JSON readers keep it exact.
+pub fn new_id() -> u64 {
+    (rand::random::<u64>() >> 11).max(1)
+}
 
 impl Rollout {
     /// Whether the guard still has something to judge.
@@ -200,45 +206,58 @@ impl Rollout {
                 "version: {candidate} is already the primary of model '{model}'"
             )));
         }
+        let mut rollout = Rollout::fresh(candidate, primary.version, plan, actor, now);
         let baseline = primary.windows.predictions.counts(Variant::Primary);
+        rollout.marks = Marks {
+            rollout_baseline: baseline.clone(),
+            baseline,
+            candidate: target.windows.predictions.counts(Variant::Canary),
+        };
+        let traffic = rollout.traffic(&routes.traffic);
+        Ok((rollout, traffic))
+    }
+
+    /// A rollout of `candidate` against `baseline` at its first phase, its start recorded,
+    /// with empty marks: [`Rollout::begin`] sets them, or a replica adopting it from the
+    /// control topic takes its own.
+    pub fn fresh(
+        candidate: u64,
+        baseline: u64,
+        plan: RolloutPlan,
+        actor: &str,
+        now: Instant,
+    ) -> Rollout {
         let phase = if plan.shadow_stage.is_some() {
             Phase::Shadow
         } else {
             Phase::Step(0)
         };
         let mut rollout = Rollout {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: new_id(),
             candidate,
-            baseline: primary.version,
+            baseline,
             plan,
             state: RolloutState::Progressing,
             phase,
             started: now,
             started_at: SystemTime::now(),
             phase_started: now,
-            marks: Marks {
-                rollout_baseline: baseline.clone(),
-                baseline,
-                candidate: target.windows.predictions.counts(Variant::Canary),
-            },
+            marks: Marks::default(),
             reference: None,
             timeline: Vec::new(),
             reason: String::new(),
         };
         let reason = match phase {
             Phase::Shadow => format!(
-                "rollout of version {candidate} against version {} began with a shadow stage",
-                primary.version
+                "rollout of version {candidate} against version {baseline} began with a shadow stage"
             ),
             _ => format!(
-                "rollout of version {candidate} against version {} began at {}%",
-                primary.version,
+                "rollout of version {candidate} against version {baseline} began at {}%",
                 rollout.plan.weight(0)
             ),
         };
         rollout.record("start", actor, reason, None, now);
-        let traffic = rollout.traffic(&routes.traffic);
-        Ok((rollout, traffic))
+        rollout
     }
 
     /// The traffic policy this rollout implies, keeping what it does not own (sticky key, an
@@ -289,7 +308,7 @@ impl Rollout {
             weight: self.weight(),
             actor: actor.to_string(),
             reason: reason.clone(),
-            numbers,
+            numbers: numbers.and_then(|a| serde_json::to_value(a).ok()),
         });
         self.reason = reason;
     }

@@ -1,0 +1,99 @@
+//! Loading the versions a fleet's control record names, rather than what the version policy
+//! picks: every replica then serves the same versions, whatever its own poller or policy saw.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Actor, ModelManager};
+use crate::error::ServeError;
+use crate::predlog::{Event, EventKind};
+use crate::repository;
+use crate::routing::ModelRoutes;
+
+impl ModelManager {
+    /// Loads exactly `versions` of `model` from its folder (reusing loaded versions whose files
+    /// did not change) and publishes them *beside* the versions loaded now, with the version
+    /// answering requests pinned as it was: routing is unchanged until the caller stores the
+    /// traffic that goes with them and drops what is no longer wanted, in one store. Returns
+    /// the versions that were newly loaded. On any failure nothing changes.
+    pub async fn load_versions(
+        &self,
+        model: &str,
+        versions: &[u64],
+        actor: &Actor,
+    ) -> Result<Vec<u64>, ServeError> {
+        let _guard = self.claim(model)?;
+        let result = self.load_versions_claimed(model, versions).await;
+        self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
+        match &result {
+            Ok(loaded) => self.events.event(
+                Event::new(EventKind::Load, model, actor, "versions published")
+                    .details(serde_json::json!({ "versions": versions, "loaded": loaded })),
+            ),
+            Err(error) => self.events.event(Event::new(
+                EventKind::LoadFailed,
+                model,
+                actor,
+                format!("{}; nothing changed", error.message),
+            )),
+        }
+        result
+    }
+
+    async fn load_versions_claimed(
+        &self,
+        model: &str,
+        versions: &[u64],
+    ) -> Result<Vec<u64>, ServeError> {
+        let dir = repository::read_model(&self.loader.repository, model).map_err(|e| match e {
+            repository::RepositoryError::UnknownModel(_) => ServeError::not_found(e.to_string()),
+            other => ServeError::bad_request(other.to_string()),
+        })?;
+        let current = self.router.snapshot().models.get(model).cloned();
+        let mut ready = BTreeMap::new();
+        let mut loaded = Vec::new();
+        for &version in versions {
+            if !dir.versions.contains(&version) {
+                return Err(ServeError::bad_request(format!(
+                    "model '{model}' has no version {version} in this replica's repository"
+                )));
+            }
+            let reusable = current
+                .as_ref()
+                .and_then(|routes| routes.versions.get(&version))
+                .filter(|v| v.is_current(&dir));
+            let version_ready = match reusable {
+                Some(existing) => Arc::clone(existing),
+                None => {
+                    let fresh = self.loader.load(&dir, version).await.map_err(|e| {
+                        ServeError::bad_request(format!(
+                            "model '{model}' version {version} failed to load: {e}"
+                        ))
+                    })?;
+                    loaded.push(version);
+                    fresh
+                }
+            };
+            ready.insert(version, version_ready);
+        }
+        let name = model.to_string();
+        self.router.update(|snapshot| {
+            let mut next = snapshot.clone();
+            let previous = snapshot.models.get(&name);
+            let mut routes = previous.cloned().unwrap_or_else(ModelRoutes::default);
+            // Whatever answered before keeps answering: a newer version must not become the
+            // implicit primary before the traffic that goes with it is stored.
+            if routes.traffic.primary.is_none() {
+                routes.traffic.primary = previous
+                    .and_then(ModelRoutes::primary_version)
+                    .map(|v| v.version);
+            }
+            for (version, held) in &ready {
+                routes.versions.insert(*version, Arc::clone(held));
+            }
+            next.models.insert(name.clone(), routes);
+            next
+        });
+        Ok(loaded)
+    }
+}
