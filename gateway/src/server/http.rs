@@ -100,6 +100,22 @@ pub(super) fn json_ok(value: &impl serde::Serialize) -> Response {
     )
 }
 
+/// Oversized bodies up to this size (or twice the limit) are read and thrown away before the
+/// 413 goes out.
+const DRAIN_AT_MOST: u64 = 8 << 20;
+
+/// Reads and drops up to `cap` bytes of `body`.
+async fn drain(mut body: Body, cap: u64) {
+    use http_body_util::BodyExt;
+    let mut read = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if read > cap {
+            break;
+        }
+    }
+}
+
 /// Reads the whole body, refusing with 413 anything over the configured limit, before or
 /// while it streams in.
 pub(super) async fn read_body(
@@ -118,7 +134,12 @@ pub(super) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if let Some(len) = declared.filter(|&len| len > limit as u64) {
+        // The client is still sending: read and discard a moderately oversized body so that
+        // it gets the 413 rather than a connection reset mid-upload. A huge one is cut off.
+        if len <= (2 * limit as u64).max(DRAIN_AT_MOST) {
+            drain(body, DRAIN_AT_MOST.max(2 * limit as u64)).await;
+        }
         return Err(too_large());
     }
     match Limited::new(body, limit).collect().await {
