@@ -58,22 +58,9 @@ impl ModelManager {
                     "model '{model}' has no version {version} in this replica's repository"
                 )));
             }
-            let reusable = current
-                .as_ref()
-                .and_then(|routes| routes.versions.get(&version))
-                .filter(|v| v.is_current(&dir));
-            let version_ready = match reusable {
-                Some(existing) => Arc::clone(existing),
-                None => {
-                    let fresh = self.loader.load(&dir, version).await.map_err(|e| {
-                        ServeError::bad_request(format!(
-                            "model '{model}' version {version} failed to load: {e}"
-                        ))
-                    })?;
-                    loaded.push(version);
-                    fresh
-                }
-            };
+            let version_ready = self
+                .reuse_or_load(current.as_ref(), &dir, version, &mut loaded)
+                .await?;
             ready.insert(version, version_ready);
         }
         let name = model.to_string();

@@ -207,22 +207,9 @@ impl ModelManager {
         let mut versions = BTreeMap::new();
         let mut loaded = Vec::new();
         for &version in &wanted {
-            let reusable = current
-                .as_ref()
-                .and_then(|routes| routes.versions.get(&version))
-                .filter(|v| v.is_current(&dir));
-            let ready = match reusable {
-                Some(existing) => Arc::clone(existing),
-                None => {
-                    let fresh = self.loader.load(&dir, version).await.map_err(|e| {
-                        ServeError::bad_request(format!(
-                            "model '{model}' version {version} failed to load: {e}"
-                        ))
-                    })?;
-                    loaded.push(version);
-                    fresh
-                }
-            };
+            let ready = self
+                .reuse_or_load(current.as_ref(), &dir, version, &mut loaded)
+                .await?;
             versions.insert(version, ready);
         }
         let unloaded_by_policy: Vec<u64> = current
@@ -316,6 +303,31 @@ impl ModelManager {
             loaded,
             unloaded,
         })
+    }
+
+    /// The version as it is loaded now when its files have not changed since, else a fresh
+    /// load of it (recorded in `loaded`).
+    async fn reuse_or_load(
+        &self,
+        current: Option<&ModelRoutes>,
+        dir: &repository::ModelDir,
+        version: u64,
+        loaded: &mut Vec<u64>,
+    ) -> Result<Arc<repository::LoadedVersion>, ServeError> {
+        let reusable = current
+            .and_then(|routes| routes.versions.get(&version))
+            .filter(|v| v.is_current(dir));
+        if let Some(existing) = reusable {
+            return Ok(Arc::clone(existing));
+        }
+        let fresh = self.loader.load(dir, version).await.map_err(|e| {
+            ServeError::bad_request(format!(
+                "model '{}' version {version} failed to load: {e}",
+                dir.name
+            ))
+        })?;
+        loaded.push(version);
+        Ok(fresh)
     }
 
     /// Removes the model from routing. In-flight requests finish on the versions they hold.

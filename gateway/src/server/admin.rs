@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use super::http::{HttpState, json_ok, read_body};
+use super::http::{HttpState, authorized_json, json_ok, read_body};
 use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::lifecycle::{IndexEntry, ModelState};
 use crate::predlog::{Event, EventKind};
@@ -243,10 +243,8 @@ async fn set_traffic(
     body: Body,
 ) -> Response {
     let run = async {
-        let actor = state.auth.authorize(&headers, peer)?;
-        let body = read_body(&state, &headers, body).await?;
-        let policy: TrafficPolicy = serde_json::from_slice(&body)
-            .map_err(|e| ServeError::bad_request(format!("invalid traffic policy: {e}")))?;
+        let (actor, policy): (_, TrafficPolicy) =
+            authorized_json(&state, &headers, peer, body, "traffic policy").await?;
         if let Some(fleet) = &state.fleet {
             return Ok(json_ok(&fleet.set_traffic(&model, &policy, &actor).await?));
         }

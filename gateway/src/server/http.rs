@@ -100,6 +100,22 @@ pub(super) fn json_ok(value: &impl serde::Serialize) -> Response {
     )
 }
 
+/// The common start of a mutating admin call: authorize the caller, then read and parse the
+/// JSON body; `what` names the body in the 400 ("invalid traffic policy: ...").
+pub(super) async fn authorized_json<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: std::net::SocketAddr,
+    body: Body,
+    what: &str,
+) -> ServeResult<(crate::lifecycle::Actor, T)> {
+    let actor = state.auth.authorize(headers, peer)?;
+    let body = read_body(state, headers, body).await?;
+    let parsed = serde_json::from_slice(&body)
+        .map_err(|e| ServeError::bad_request(format!("invalid {what}: {e}")))?;
+    Ok((actor, parsed))
+}
+
 /// Oversized bodies up to this size (or twice the limit) are read and thrown away before the
 /// 413 goes out.
 const DRAIN_AT_MOST: u64 = 8 << 20;

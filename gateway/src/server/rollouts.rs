@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use super::http::{HttpState, json_ok, read_body};
+use super::http::{HttpState, authorized_json, json_ok};
 use crate::error::ServeError;
 use crate::monitor::guard::state::Decision;
 use crate::monitor::guard::{Assessment, Rollout, RolloutOverrides, RolloutPlan, RolloutState};
@@ -89,10 +89,8 @@ async fn start(
     body: Body,
 ) -> Response {
     let run = async {
-        let actor = state.auth.authorize(&headers, peer)?;
-        let body = read_body(&state, &headers, body).await?;
-        let request: RolloutOverrides = serde_json::from_slice(&body)
-            .map_err(|e| ServeError::bad_request(format!("invalid rollout: {e}")))?;
+        let (actor, request): (_, RolloutOverrides) =
+            authorized_json(&state, &headers, peer, body, "rollout").await?;
         let rollout = match &state.fleet {
             Some(fleet) => {
                 fleet
