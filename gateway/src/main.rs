@@ -59,6 +59,29 @@ enum CtlAction {
     Unload { name: String },
     /// The repository index (every model folder and its state).
     Index,
+    /// Show a model's traffic policy, or replace it with `--set '{"primary": "1", ...}'`.
+    Traffic {
+        name: String,
+        /// The new policy, as the admin API takes it (JSON).
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// Show a model's guarded rollout, start one (`--start VERSION`), or abort it (`--abort`).
+    Rollout {
+        name: String,
+        /// Start a guarded rollout of this loaded version.
+        #[arg(long, conflicts_with = "abort")]
+        start: Option<String>,
+        /// Overrides of the [rollout] defaults for `--start`, as JSON, e.g.
+        /// '{"steps": [10, 50, 100], "step_duration": "1m"}'.
+        #[arg(long, requires = "start")]
+        options: Option<String>,
+        /// Abort the rollout under way: the canary's weight goes to 0.
+        #[arg(long)]
+        abort: bool,
+    },
+    /// p50/p99, error rates and drift per version and variant over the last minute.
+    Stats { name: String },
 }
 
 #[derive(Args)]
@@ -218,18 +241,64 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
 /// Calls the admin API and prints the JSON answer; a non-2xx answer is an error.
 fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
-    let (method, path) = match &args.action {
-        CtlAction::Models => (reqwest::Method::GET, "/admin/v1/models".to_string()),
-        CtlAction::Model { name } => (reqwest::Method::GET, format!("/admin/v1/models/{name}")),
+    use reqwest::Method;
+    let json = |text: &str, what: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON"))
+    };
+    let (method, path, body) = match &args.action {
+        CtlAction::Models => (Method::GET, "/admin/v1/models".to_string(), None),
+        CtlAction::Model { name } => (Method::GET, format!("/admin/v1/models/{name}"), None),
         CtlAction::Load { name } => (
-            reqwest::Method::POST,
+            Method::POST,
             format!("/v2/repository/models/{name}/load"),
+            None,
         ),
         CtlAction::Unload { name } => (
-            reqwest::Method::POST,
+            Method::POST,
             format!("/v2/repository/models/{name}/unload"),
+            None,
         ),
-        CtlAction::Index => (reqwest::Method::POST, "/v2/repository/index".to_string()),
+        CtlAction::Index => (Method::POST, "/v2/repository/index".to_string(), None),
+        CtlAction::Traffic { name, set } => {
+            let path = format!("/admin/v1/models/{name}/traffic");
+            match set {
+                Some(policy) => (Method::PUT, path, Some(json(policy, "--set")?)),
+                None => (Method::GET, path, None),
+            }
+        }
+        CtlAction::Rollout {
+            name,
+            start,
+            options,
+            abort,
+        } => match (start, abort) {
+            (Some(version), _) => {
+                let mut body = match options {
+                    Some(text) => json(text, "--options")?,
+                    None => serde_json::json!({}),
+                };
+                let Some(fields) = body.as_object_mut() else {
+                    anyhow::bail!("--options must be a JSON object");
+                };
+                fields.insert("version".into(), version.clone().into());
+                (
+                    Method::POST,
+                    format!("/admin/v1/models/{name}/rollouts"),
+                    Some(body),
+                )
+            }
+            (None, true) => (
+                Method::DELETE,
+                format!("/admin/v1/models/{name}/rollout"),
+                None,
+            ),
+            (None, false) => (
+                Method::GET,
+                format!("/admin/v1/models/{name}/rollout"),
+                None,
+            ),
+        },
+        CtlAction::Stats { name } => (Method::GET, format!("/admin/v1/models/{name}/stats"), None),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -238,6 +307,9 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
         let mut request = reqwest::Client::new().request(method, format!("{base}{path}"));
         if let Some(token) = &args.token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = &body {
+            request = request.json(body);
         }
         let response = request
             .send()

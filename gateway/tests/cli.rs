@@ -76,6 +76,29 @@ fn serve_answers_then_drains_on_sigterm() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // `sluice ctl` against it: read and change the traffic policy, read the stats and the
+    // (absent) rollout. Loopback callers may change things when no token is configured.
+    let ctl = |args: &[&str]| {
+        let output = sluice()
+            .args(["ctl", "--url", &format!("http://{address}")])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, set) = ctl(&["traffic", "digits", "--set", r#"{"primary": "1"}"#]);
+    assert!(ok, "{set}");
+    let (ok, shown) = ctl(&["traffic", "digits"]);
+    assert!(ok && shown.contains("\"primary\": \"1\""), "{shown}");
+    let (ok, stats) = ctl(&["stats", "digits"]);
+    assert!(ok && stats.contains("\"requests\": 1"), "{stats}");
+    let (ok, bad) = ctl(&["traffic", "digits", "--set", "{primary"]);
+    assert!(!ok && bad.contains("--set is not valid JSON"), "{bad}");
+    let (ok, refused) = ctl(&["rollout", "digits", "--start", "7"]);
+    assert!(!ok && refused.contains("404"), "{refused}");
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
