@@ -367,19 +367,7 @@ impl Fleet {
                 .models
                 .get(model)
                 .ok_or_else(|| ServeError::unknown_model(model))?;
-            if let Some(rollout) = routes.rollout.as_ref().filter(|r| r.is_active()) {
-                return Err(ServeError::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "model '{model}' has a rollout of version {} in progress; abort it \
-                         first with DELETE /admin/v1/models/{model}/rollout",
-                        rollout.candidate
-                    ),
-                ));
-            }
-            let traffic = policy.validate(routes).map_err(|problems| {
-                ServeError::bad_request(format!("invalid traffic policy: {}", problems.join("; ")))
-            })?;
+            let traffic = routes.accept_traffic(model, policy)?;
             record.traffic = traffic.to_policy();
             Ok(())
         })

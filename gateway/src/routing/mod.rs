@@ -43,6 +43,26 @@ pub struct Route {
 }
 
 impl ModelRoutes {
+    /// Checks a new traffic policy for this model, the one check admin calls on a single node
+    /// and on a fleet both use: every problem named (400), or 409 while a rollout runs. A
+    /// running rollout owns the model's traffic; changing it underneath would make the guard
+    /// judge a split it did not set, and aborting is one explicit call away.
+    pub fn accept_traffic(&self, model: &str, policy: &TrafficPolicy) -> ServeResult<Traffic> {
+        if let Some(rollout) = self.rollout.as_ref().filter(|r| r.is_active()) {
+            return Err(ServeError::new(
+                crate::error::ErrorKind::Conflict,
+                format!(
+                    "model '{model}' has a rollout of version {} in progress; abort it \
+                     first with DELETE /admin/v1/models/{model}/rollout",
+                    rollout.candidate
+                ),
+            ));
+        }
+        policy.validate(self).map_err(|problems| {
+            ServeError::bad_request(format!("invalid traffic policy: {}", problems.join("; ")))
+        })
+    }
+
     /// The version answering unversioned requests outside the canary share.
     pub fn primary_version(&self) -> Option<&Arc<LoadedVersion>> {
         match self.traffic.primary {

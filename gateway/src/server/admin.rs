@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use super::http::{HttpState, authorized_json, json_ok, read_body};
-use crate::error::{ErrorKind, ServeError, ServeResult};
+use crate::error::{ServeError, ServeResult};
 use crate::lifecycle::{IndexEntry, ModelState};
 use crate::predlog::{Event, EventKind};
 use crate::repository::LoadedVersion;
@@ -254,21 +254,7 @@ async fn set_traffic(
                 .models
                 .get(&model)
                 .ok_or_else(|| ServeError::unknown_model(&model))?;
-            // A running rollout owns the model's traffic; changing it underneath would make the
-            // guard judge a split it did not set. Aborting is one explicit call away.
-            if let Some(rollout) = routes.rollout.as_ref().filter(|r| r.is_active()) {
-                return Err(ServeError::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "model '{model}' has a rollout of version {} in progress; abort it \
-                         first with DELETE /admin/v1/models/{model}/rollout",
-                        rollout.candidate
-                    ),
-                ));
-            }
-            let traffic = policy.validate(routes).map_err(|problems| {
-                ServeError::bad_request(format!("invalid traffic policy: {}", problems.join("; ")))
-            })?;
+            let traffic = routes.accept_traffic(&model, &policy)?;
             let mut next = snapshot.clone();
             if let Some(routes) = next.models.get_mut(&model) {
                 routes.traffic = traffic.clone();
