@@ -210,13 +210,8 @@ fn millis(times: &[Duration]) -> String {
 
 /// Rows of the digits sample as v2 request bodies.
 fn sample_bodies() -> Vec<Bytes> {
-    let bytes = std::fs::read(fixtures().join("bench/mlp_sample.npy")).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let data: Vec<f32> = bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    data.chunks(64)
+    mlp_sample_rows()
+        .iter()
         .map(|row| {
             let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]});
             Bytes::from(serde_json::to_vec(&body).unwrap())

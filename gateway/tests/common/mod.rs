@@ -217,3 +217,14 @@ pub fn assert_outputs_match(actual: &Value, expected: &Value, tolerance: f64, co
         }
     }
 }
+
+/// The rows of the digits sample (`bench/mlp_sample.npy`: little-endian f32, 64 columns).
+pub fn mlp_sample_rows() -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(fixtures().join("bench/mlp_sample.npy")).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    data.chunks(64).map(<[f32]>::to_vec).collect()
+}

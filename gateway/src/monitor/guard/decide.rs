@@ -97,19 +97,7 @@ pub(super) fn evaluate(
             (Some(a), action)
         }
         Phase::Step(i) => {
-            let canary = Sample {
-                version: r.candidate,
-                stats: candidate
-                    .windows
-                    .get(Variant::Canary)
-                    .stats_since(r.phase_started),
-                predictions: candidate
-                    .windows
-                    .predictions
-                    .counts(Variant::Canary)
-                    .since(&r.marks.candidate),
-                basis: "step",
-            };
+            let canary = candidate_sample(candidate, r, Variant::Canary, "step");
             let primary = primary_sample(baseline, r);
             let a = assess(plan, &canary, &primary);
             let action = match &a.breach {
@@ -133,19 +121,7 @@ pub(super) fn evaluate(
             let Some(reference) = &r.reference else {
                 return (None, Some(Action::EndWatch));
             };
-            let promoted = Sample {
-                version: r.candidate,
-                stats: candidate
-                    .windows
-                    .get(Variant::Primary)
-                    .stats_since(r.phase_started),
-                predictions: candidate
-                    .windows
-                    .predictions
-                    .counts(Variant::Primary)
-                    .since(&r.marks.candidate),
-                basis: "watch",
-            };
+            let promoted = candidate_sample(candidate, r, Variant::Primary, "watch");
             let before = Sample {
                 version: r.baseline,
                 stats: reference.stats.clone(),
@@ -166,6 +142,26 @@ pub(super) fn evaluate(
             (Some(a), action)
         }
         Phase::Finished => (None, None),
+    }
+}
+
+/// The candidate's numbers as `variant` (canary during steps, primary during the watch) since
+/// the phase began.
+fn candidate_sample(
+    candidate: &LoadedVersion,
+    r: &Rollout,
+    variant: Variant,
+    basis: &'static str,
+) -> Sample {
+    Sample {
+        version: r.candidate,
+        stats: candidate.windows.get(variant).stats_since(r.phase_started),
+        predictions: candidate
+            .windows
+            .predictions
+            .counts(variant)
+            .since(&r.marks.candidate),
+        basis,
     }
 }
 
