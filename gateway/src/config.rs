@@ -282,8 +282,8 @@ pub struct RuntimeConfig {
     pub instances: usize,
     /// Requests that may wait for a worker, per loaded version; beyond it requests get 503.
     pub queue_capacity: usize,
-    /// ONNX Runtime intra-op threads per session; 1 suits many small concurrent requests.
-    pub ort_intra_threads: usize,
+    /// How ONNX Runtime sessions are built (`[runtime.ort]`).
+    pub ort: crate::runtime::OrtOptions,
     /// Dynamic batching for models whose `model.toml` does not set it; off when unset.
     pub batching: Option<crate::runtime::Batching>,
 }
@@ -295,7 +295,7 @@ impl Default for RuntimeConfig {
             ort_library: None,
             instances: default_instances(),
             queue_capacity: 1024,
-            ort_intra_threads: 1,
+            ort: Default::default(),
             batching: None,
         }
     }
@@ -393,8 +393,8 @@ impl Config {
         if let Some(batching) = &r.batching {
             problems.extend(batching.problems("runtime.batching"));
         }
-        if r.ort_intra_threads == 0 {
-            problems.push("runtime.ort_intra_threads must be at least 1".into());
+        if r.ort.intra_threads == 0 {
+            problems.push("runtime.ort.intra_threads must be at least 1".into());
         }
         if self
             .repository

@@ -9,7 +9,7 @@ mod tract;
 use std::path::{Path, PathBuf};
 
 pub use batch::{Batching, signature_batches};
-pub use onnxruntime::{OrtRuntime, find_ort_library};
+pub use onnxruntime::{OrtOptimization, OrtOptions, OrtRuntime, find_ort_library};
 pub use runner::{Job, RunOutput, Runner, RunnerOptions};
 
 use crate::config::{RuntimeChoice, RuntimeConfig};
@@ -136,7 +136,7 @@ impl Runtimes {
         let mut backends: Vec<Box<dyn Backend>> = Vec::with_capacity(instances);
         let mut signature = None;
         for _ in 0..instances {
-            let backend = ort.load(path, self.settings.ort_intra_threads)?;
+            let backend = ort.load(path, &self.settings.ort)?;
             signature.get_or_insert_with(|| backend.signature().clone());
             backends.push(Box::new(backend));
         }

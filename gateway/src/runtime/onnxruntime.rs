@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
@@ -47,20 +48,83 @@ impl OrtRuntime {
     }
 
     /// One session for the model at `path`.
-    pub fn load(&self, path: &Path, intra_threads: usize) -> Result<OrtBackend, LoadError> {
+    pub fn load(&self, path: &Path, options: &OrtOptions) -> Result<OrtBackend, LoadError> {
         let fail = |e: ort::Error| LoadError(format!("onnxruntime: {e}"));
+        let level = match options.optimization {
+            OrtOptimization::Disable => GraphOptimizationLevel::Disable,
+            OrtOptimization::Basic => GraphOptimizationLevel::Level1,
+            OrtOptimization::Extended => GraphOptimizationLevel::Level2,
+            OrtOptimization::All => GraphOptimizationLevel::All,
+        };
         let mut builder = Session::builder(&self.env)
             .map_err(fail)?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(level)
             .map_err(|e| fail(e.into()))?
-            .with_intra_threads(intra_threads)
+            .with_intra_threads(options.intra_threads)
             .map_err(|e| fail(e.into()))?
             .with_inter_threads(1)
+            .map_err(|e| fail(e.into()))?
+            .with_memory_pattern(options.memory_pattern)
             .map_err(|e| fail(e.into()))?;
+        if !options.cpu_arena {
+            let plain = MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(fail)?;
+            builder = builder.with_allocator(plain).map_err(|e| fail(e.into()))?;
+        }
+        if options.intra_threads > 1 && !options.spinning {
+            builder = builder
+                .with_intra_op_spinning(false)
+                .map_err(|e| fail(e.into()))?;
+        }
         let session = builder.commit_from_file(path).map_err(fail)?;
         let signature = signature_of(&session)?;
         Ok(OrtBackend { session, signature })
     }
+}
+
+/// How ONNX Runtime sessions are built (`[runtime.ort]`). The defaults are what measured best
+/// here for many small concurrent requests (see `cargo bench -p sluice --bench ort_options`).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrtOptions {
+    /// Intra-op threads per session. 1 runs each request on its worker thread alone; more
+    /// splits one large request across cores, at the cost of handing work between threads.
+    pub intra_threads: usize,
+    /// Whether idle intra-op threads spin waiting for work (only with `intra_threads > 1`):
+    /// lower latency for back-to-back large requests, burnt CPU otherwise.
+    pub spinning: bool,
+    /// Graph optimisation level applied at load.
+    pub optimization: OrtOptimization,
+    /// Plan buffer sizes from the first run and reuse them (helps fixed shapes).
+    pub memory_pattern: bool,
+    /// Serve allocations from ONNX Runtime's growing arena instead of the system allocator.
+    pub cpu_arena: bool,
+}
+
+impl Default for OrtOptions {
+    fn default() -> Self {
+        OrtOptions {
+            intra_threads: 1,
+            spinning: false,
+            optimization: OrtOptimization::All,
+            memory_pattern: true,
+            cpu_arena: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrtOptimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
 }
 
 /// Where to look for `libonnxruntime.so`: the environment, the config, then `.ort/` in the
