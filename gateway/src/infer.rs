@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{ServeError, ServeResult};
-use crate::monitor::metrics::{self, InferenceEvent, Protocol};
+use crate::monitor::metrics::{InferenceEvent, Protocol};
 use crate::predlog::PredictionLog;
 use crate::predlog::record::{PREDICTION_SCHEMA, PredictionRecord, latency_us, new_request_id};
 use crate::repository::LoadedVersion;
@@ -205,9 +205,7 @@ impl Inference {
         let elapsed = started.elapsed();
         let server_failure = result.as_ref().is_err_and(|e| e.kind.is_server_side());
         target.windows.get(variant).record(elapsed, server_failure);
-        metrics::record_inference(&InferenceEvent {
-            model: &target.model,
-            version: target.version,
+        target.metrics.record(&InferenceEvent {
             variant,
             protocol,
             outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),

@@ -1,5 +1,5 @@
 //! Prometheus metrics. Every metric is described once here, with its unit; the request path
-//! reports through [`record_inference`] only, so names and labels live in one file.
+//! reports through [`VersionMetrics::record`] only, so names and labels live in one file.
 //! Labels come from bounded sets: model and version names from the repository, the protocol,
 //! and the error kind.
 
@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Label, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -259,9 +260,7 @@ fn describe() {
 }
 
 /// One finished inference on a resolved version.
-pub struct InferenceEvent<'a> {
-    pub model: &'a str,
-    pub version: u64,
+pub struct InferenceEvent {
     pub variant: Variant,
     pub protocol: Protocol,
     pub outcome: Result<(), ErrorKind>,
@@ -273,32 +272,111 @@ pub struct InferenceEvent<'a> {
     pub batch_rows: Option<usize>,
 }
 
-pub fn record_inference(event: &InferenceEvent<'_>) {
-    let model = event.model.to_string();
-    let version = event.version.to_string();
-    let protocol = event.protocol.as_str();
-    let variant = event.variant.as_str();
-    let outcome = match event.outcome {
-        Ok(()) => "ok",
-        Err(kind) => kind.as_str(),
-    };
-    counter!(REQUESTS, "model" => model.clone(), "version" => version.clone(), "variant" => variant, "protocol" => protocol, "outcome" => outcome)
-        .increment(1);
-    histogram!(REQUEST_DURATION, "model" => model.clone(), "version" => version.clone(), "variant" => variant, "protocol" => protocol)
-        .record(event.total.as_secs_f64());
-    if let Some(queue) = event.queue {
-        histogram!(QUEUE_DURATION, "model" => model.clone(), "version" => version.clone())
-            .record(queue.as_secs_f64());
+// Every `Variant` and every `Protocol` indexes `VersionMetrics::served`.
+const VARIANTS: usize = Variant::Shadow as usize + 1;
+const PROTOCOLS: usize = Protocol::Grpc as usize + 1;
+
+/// One loaded version's request metrics. Each series is registered on its first use (so a
+/// version exports only the variants and protocols it served) and then recorded through its
+/// handle: looking a series up by its labels costs a registry search and five label strings,
+/// more than the recording itself.
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    /// Successful requests and latency, per variant and protocol.
+    served: [[OnceLock<ServedSeries>; PROTOCOLS]; VARIANTS],
+    per_version: OnceLock<VersionSeries>,
+    /// Only versions that batch export stacked sizes.
+    stacked_rows: OnceLock<Histogram>,
+}
+
+struct ServedSeries {
+    ok: Counter,
+    duration: Histogram,
+}
+
+struct VersionSeries {
+    queue: Histogram,
+    inference: Histogram,
+    request_rows: Histogram,
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: u64) -> VersionMetrics {
+        VersionMetrics {
+            model: model.to_string(),
+            version: version.to_string(),
+            served: Default::default(),
+            per_version: OnceLock::new(),
+            stacked_rows: OnceLock::new(),
+        }
     }
-    if let Some(compute) = event.compute {
-        histogram!(INFERENCE_DURATION, "model" => model.clone(), "version" => version.clone())
-            .record(compute.as_secs_f64());
+
+    fn served(&self, variant: Variant, protocol: Protocol) -> &ServedSeries {
+        self.served[variant as usize][protocol as usize].get_or_init(|| {
+            let labels = self.labels(variant, protocol);
+            ServedSeries {
+                duration: histogram!(REQUEST_DURATION, labels.iter()),
+                ok: counter!(REQUESTS, with_outcome(labels, "ok")),
+            }
+        })
     }
-    if let Some(stacked) = event.batch_rows {
-        histogram!(STACKED_ROWS, "model" => model.clone(), "version" => version.clone())
-            .record(stacked as f64);
+
+    fn per_version(&self) -> &VersionSeries {
+        self.per_version.get_or_init(|| {
+            let labels = [
+                Label::new("model", self.model.clone()),
+                Label::new("version", self.version.clone()),
+            ];
+            VersionSeries {
+                queue: histogram!(QUEUE_DURATION, labels.iter()),
+                inference: histogram!(INFERENCE_DURATION, labels.iter()),
+                request_rows: histogram!(BATCH_ROWS, labels.iter()),
+            }
+        })
     }
-    histogram!(BATCH_ROWS, "model" => model, "version" => version).record(event.rows as f64);
+
+    fn labels(&self, variant: Variant, protocol: Protocol) -> Vec<Label> {
+        vec![
+            Label::new("model", self.model.clone()),
+            Label::new("version", self.version.clone()),
+            Label::from_static_parts("variant", variant.as_str()),
+            Label::from_static_parts("protocol", protocol.as_str()),
+        ]
+    }
+
+    pub fn record(&self, event: &InferenceEvent) {
+        let served = self.served(event.variant, event.protocol);
+        match event.outcome {
+            Ok(()) => served.ok.increment(1),
+            // Failures are rare and their kinds many: looked up by label each time.
+            Err(kind) => {
+                let labels = self.labels(event.variant, event.protocol);
+                counter!(REQUESTS, with_outcome(labels, kind.as_str())).increment(1);
+            }
+        }
+        served.duration.record(event.total.as_secs_f64());
+        let series = self.per_version();
+        if let Some(queue) = event.queue {
+            series.queue.record(queue.as_secs_f64());
+        }
+        if let Some(compute) = event.compute {
+            series.inference.record(compute.as_secs_f64());
+        }
+        if let Some(stacked) = event.batch_rows {
+            self.stacked_rows
+                .get_or_init(|| {
+                    histogram!(STACKED_ROWS, "model" => self.model.clone(), "version" => self.version.clone())
+                })
+                .record(stacked as f64);
+        }
+        series.request_rows.record(event.rows as f64);
+    }
+}
+
+fn with_outcome(mut labels: Vec<Label>, outcome: &'static str) -> Vec<Label> {
+    labels.push(Label::from_static_parts("outcome", outcome));
+    labels
 }
 
 pub fn record_shadow_dropped(model: &str, version: u64) {

@@ -30,6 +30,8 @@ pub struct LoadedVersion {
     settings: ModelConfig,
     /// Recent latency and errors per traffic variant, for the guard and the stats endpoint.
     pub windows: crate::monitor::window::VariantWindows,
+    /// Its request metrics, recorded through handles.
+    pub metrics: crate::monitor::metrics::VersionMetrics,
     /// Drift against the version's `profile.json`; `None` without one (or with drift off).
     pub drift: Option<Arc<DriftMonitor>>,
     /// Size and modification time of `profile.json` when it was loaded: a new profile
@@ -257,6 +259,7 @@ impl Loader {
             fingerprint,
             settings: model.config.clone(),
             windows: Default::default(),
+            metrics: crate::monitor::metrics::VersionMetrics::new(&model.name, version),
             drift,
             profile_fingerprint,
         }))

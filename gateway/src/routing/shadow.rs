@@ -122,9 +122,7 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
         .windows
         .get(Variant::Shadow)
         .record(started.elapsed(), server_failure);
-    metrics::record_inference(&InferenceEvent {
-        model: &target.model,
-        version: target.version,
+    target.metrics.record(&InferenceEvent {
         variant: Variant::Shadow,
         protocol: job.protocol,
         outcome: result.as_ref().map(|_| ()).map_err(|e| e.kind),
