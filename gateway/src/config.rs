@@ -284,8 +284,8 @@ pub struct RuntimeConfig {
     pub queue_capacity: usize,
     /// How ONNX Runtime sessions are built (`[runtime.ort]`).
     pub ort: crate::runtime::OrtOptions,
-    /// Dynamic batching for models whose `model.toml` does not set it; off when unset.
-    pub batching: Option<crate::runtime::Batching>,
+    /// Dynamic batching for models whose `model.toml` does not set it.
+    pub batching: crate::runtime::Batching,
 }
 
 impl Default for RuntimeConfig {
@@ -296,7 +296,7 @@ impl Default for RuntimeConfig {
             instances: default_instances(),
             queue_capacity: 1024,
             ort: Default::default(),
-            batching: None,
+            batching: Default::default(),
         }
     }
 }
@@ -390,9 +390,7 @@ impl Config {
         if self.traffic.shadow_queue == 0 {
             problems.push("traffic.shadow_queue must be at least 1".into());
         }
-        if let Some(batching) = &r.batching {
-            problems.extend(batching.problems("runtime.batching"));
-        }
+        problems.extend(r.batching.problems("runtime.batching"));
         if r.ort.intra_threads == 0 {
             problems.push("runtime.ort.intra_threads must be at least 1".into());
         }

@@ -11,12 +11,23 @@ use sluice::config::RuntimeChoice;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacked_requests_get_their_own_rows() {
-    let repo = scratch_repo(&bench_repo(), &[("mlp", 1)]);
-    std::fs::write(
-        repo.path().join("mlp/model.toml"),
+    each_request_gets_its_own_rows(
         "instances = 1\nbatching = { max_batch_size = 32, max_queue_delay_us = 2000 }\n",
     )
-    .unwrap();
+    .await;
+}
+
+/// The default batching (stack what is queued, never wait) stacks under concurrency too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_batching_stacks_queued_requests() {
+    each_request_gets_its_own_rows("instances = 1\n").await;
+}
+
+/// 64 concurrent single-row requests, five times over, on one worker: each answer must be its
+/// own row's reference output, and some requests must have been stacked.
+async fn each_request_gets_its_own_rows(model_toml: &str) {
+    let repo = scratch_repo(&bench_repo(), &[("mlp", 1)]);
+    std::fs::write(repo.path().join("mlp/model.toml"), model_toml).unwrap();
     let runtime = if ort_available() {
         RuntimeChoice::Ort
     } else {

@@ -575,10 +575,10 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
     let mut config = test_config(repo.path(), RuntimeChoice::Ort);
     // One worker and batching on, so concurrent requests queue and get stacked.
     config.runtime.instances = 1;
-    config.runtime.batching = Some(sluice::runtime::Batching {
+    config.runtime.batching = sluice::runtime::Batching {
         max_batch_size: 8,
         max_queue_delay_us: 500,
-    });
+    };
     // A one-slot shadow queue: some copies are compared, others dropped (both are metrics).
     config.traffic.shadow_workers = 1;
     config.traffic.shadow_queue = 1;

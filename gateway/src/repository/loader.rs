@@ -216,13 +216,17 @@ impl Loader {
         for backend in &mut built.instances {
             warm_up(backend.as_mut(), &built.signature)?;
         }
-        let mut batching = model.config.batching.or(self.runtime.batching);
+        let mut batching = Some(model.config.batching.unwrap_or(self.runtime.batching))
+            .filter(crate::runtime::Batching::enabled);
         if batching.is_some() && !crate::runtime::signature_batches(&built.signature) {
-            tracing::warn!(
-                model = %model.name,
-                version,
-                "batching requested but an input has a fixed first axis; running unbatched"
-            );
+            // Only worth a warning when model.toml asked for it; the default just does not apply.
+            if model.config.batching.is_some() {
+                tracing::warn!(
+                    model = %model.name,
+                    version,
+                    "batching requested but an input has a fixed first axis; running unbatched"
+                );
+            }
             batching = None;
         }
         let drift = self.drift_monitor(model, version, &built.signature);

@@ -18,8 +18,8 @@ pub struct ModelConfig {
     pub version_policy: Option<VersionPolicy>,
     /// Worker threads per loaded version; defaults to `runtime.instances`.
     pub instances: Option<usize>,
-    /// Dynamic batching, e.g. `{ max_batch_size = 32, max_queue_delay_us = 200 }`; defaults
-    /// to `runtime.batching` (off).
+    /// Dynamic batching, e.g. `{ max_batch_size = 32, max_queue_delay_us = 200 }`, or
+    /// `{ max_batch_size = 1 }` for none; defaults to `runtime.batching`.
     pub batching: Option<crate::runtime::Batching>,
     /// Inputs the model must declare. A version whose file disagrees is refused at load time,
     /// so a wrongly exported model never replaces a good one.
