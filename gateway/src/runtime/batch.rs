@@ -23,7 +23,7 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Batching {
-            max_batch_size: 32,
+            max_batch_size: 8,
             max_queue_delay_us: 0,
         }
     }
