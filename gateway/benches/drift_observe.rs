@@ -14,7 +14,15 @@ use sluice::monitor::drift::profile::{Continuous, FeatureProfile, Profile, SCHEM
 use sluice::monitor::drift::{DriftMonitor, sample};
 use sluice::tensor::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
-const REQUESTS: usize = 400_000;
+/// Requests per measurement: the full count under `cargo bench`, a smoke run under
+/// `cargo test --all-targets` (which runs benches without `--bench`).
+fn requests_per_run() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        400_000
+    } else {
+        2_000
+    }
+}
 
 fn monitor(sample: &sample::Sample) -> DriftMonitor {
     let profile = Profile {
@@ -65,12 +73,13 @@ fn requests(sample: &sample::Sample, batch: usize, repeat_one: bool) -> Vec<Tens
 
 /// Nanoseconds per request with `threads` threads observing concurrently.
 fn run(monitor: &Arc<DriftMonitor>, requests: &Arc<Vec<Tensor>>, threads: usize) -> f64 {
+    let count = requests_per_run();
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (monitor, requests) = (Arc::clone(monitor), Arc::clone(requests));
             std::thread::spawn(move || {
-                for i in 0..REQUESTS {
+                for i in 0..count {
                     let request = &requests[(i + t * 7) % requests.len()];
                     monitor.observe_inputs(std::slice::from_ref(request));
                 }
@@ -80,7 +89,7 @@ fn run(monitor: &Arc<DriftMonitor>, requests: &Arc<Vec<Tensor>>, threads: usize)
     for h in handles {
         h.join().expect("thread");
     }
-    started.elapsed().as_nanos() as f64 / REQUESTS as f64
+    started.elapsed().as_nanos() as f64 / count as f64
 }
 
 fn main() {

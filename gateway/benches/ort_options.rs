@@ -17,8 +17,15 @@ use sluice::runtime::{
 };
 use sluice::tensor::{Tensor, TensorData};
 
-const ROUNDS: usize = 7;
-const CALLS_PER_ROUND: usize = 2_000;
+/// Rounds and calls per round: the full measurement under `cargo bench`, a smoke run under
+/// `cargo test --all-targets` (which runs benches without `--bench`).
+fn effort() -> (usize, usize) {
+    if std::env::args().any(|a| a == "--bench") {
+        (7, 2_000)
+    } else {
+        (1, 20)
+    }
+}
 
 fn variants() -> Vec<(&'static str, OrtOptions)> {
     let base = OrtOptions::default();
@@ -87,6 +94,7 @@ fn main() {
         return;
     };
     let ort = OrtRuntime::init(&library).expect("ONNX Runtime loads");
+    let (rounds_wanted, calls_per_round) = effort();
     let tract = Runtimes::new(&RuntimeConfig::default());
     println!(
         "{:6} {:>4}  {:26} {:>12} {:>10}",
@@ -108,17 +116,17 @@ fn main() {
                 sessions.push(("runtime=tract", tract.instances.remove(0)));
             }
             let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); sessions.len()];
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds_wanted {
                 for (i, (_, session)) in sessions.iter_mut().enumerate() {
                     // Warm the caches with this variant before timing it.
                     for _ in 0..100 {
                         session.run(inputs.clone()).unwrap();
                     }
                     let started = Instant::now();
-                    for _ in 0..CALLS_PER_ROUND {
+                    for _ in 0..calls_per_round {
                         session.run(inputs.clone()).unwrap();
                     }
-                    rounds[i].push(started.elapsed().as_secs_f64() * 1e6 / CALLS_PER_ROUND as f64);
+                    rounds[i].push(started.elapsed().as_secs_f64() * 1e6 / calls_per_round as f64);
                 }
             }
             let medians: Vec<f64> = rounds
