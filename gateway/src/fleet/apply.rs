@@ -164,7 +164,7 @@ impl Fleet {
             );
             // The replica that decided tells the world, once for the fleet.
             if self.is_mine(record) {
-                crate::monitor::guard::announce_adopted(
+                crate::monitor::guard::announce_decision(
                     self.models.events(),
                     router,
                     model,

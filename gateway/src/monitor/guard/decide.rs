@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::GUARD;
 use super::judge::{Assessment, Sample, assess, assess_shadow};
-use super::state::{Marks, Phase, Reference, Rollout, RolloutState};
+use super::state::{Marks, Phase, Reference, Rollout, RolloutState, prediction_counts};
 use crate::repository::LoadedVersion;
 use crate::routing::{ModelRoutes, Variant};
 
@@ -32,19 +32,6 @@ pub(super) enum Action {
         actor: String,
         reason: String,
     },
-}
-
-impl Action {
-    /// The `decision` label of `sluice_rollout_decisions_total`, when it counts there.
-    pub(super) fn metric(&self) -> Option<&'static str> {
-        match self {
-            Action::Advance { .. } | Action::PassShadow => Some("step"),
-            Action::Promote { .. } => Some("promote"),
-            Action::Rollback { .. } => Some("rollback"),
-            Action::Abort { .. } => Some("abort"),
-            Action::EndWatch => None,
-        }
-    }
 }
 
 /// The comparison for the rollout's current phase, and the decision it calls for.
@@ -212,13 +199,7 @@ pub(super) fn transition(
     numbers: Option<Assessment>,
     now: Instant,
 ) -> Rollout {
-    let counts = |version: u64, variant: Variant| {
-        routes
-            .versions
-            .get(&version)
-            .map(|v| v.windows.predictions.counts(variant))
-            .unwrap_or_default()
-    };
+    let counts = |version, variant| prediction_counts(routes, version, variant);
     let step_marks = || Marks {
         rollout_baseline: r.marks.rollout_baseline.clone(),
         baseline: counts(r.baseline, Variant::Primary),

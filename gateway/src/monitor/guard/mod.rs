@@ -197,42 +197,8 @@ impl Guard {
             Ok(snapshot)
         });
         let next = stored.filter(|_| result.is_ok())?;
-        self.announce(model, &next, &action);
+        announce_decision(&self.events, &self.router, model, &next);
         Some(next)
-    }
-
-    /// The event, log line and metric for a stored decision.
-    fn announce(&self, model: &str, r: &Rollout, action: &Action) {
-        if let Some(decision) = action.metric() {
-            metrics::record_rollout_decision(model, decision);
-        }
-        let kind = match action {
-            Action::Advance { .. } | Action::PassShadow => EventKind::RolloutStep,
-            Action::Promote { .. } => EventKind::Promote,
-            Action::Rollback { .. } | Action::Abort { .. } => EventKind::Rollback,
-            Action::EndWatch => {
-                tracing::info!(model, version = r.candidate, reason = %r.reason, "rollout watch ended");
-                return;
-            }
-        };
-        let actor = match action {
-            Action::Abort { actor, .. } => actor.as_str(),
-            _ => GUARD,
-        };
-        if let Action::Rollback { .. } = action {
-            tracing::warn!(
-                model,
-                version = r.candidate,
-                baseline = r.baseline,
-                reason = %r.reason,
-                "rollout rolled back"
-            );
-        }
-        self.events.event(
-            Event::new(kind, model, actor, r.reason.clone())
-                .version(r.candidate)
-                .details(event_details(r)),
-        );
     }
 
     /// Starts a rollout from an API request; the guard takes it from the next tick.
@@ -421,9 +387,10 @@ pub fn announce_start(events: &PredictionLog, router: &Router, model: &str, roll
     );
 }
 
-/// The event, log line and metric for a rollout decision a fleet applied, told by the replica
-/// that decided it (so the fleet records each decision once).
-pub fn announce_adopted(events: &PredictionLog, router: &Router, model: &str, r: &Rollout) {
+/// The event, log line and metric for a rollout's latest decision (the last entry of its
+/// timeline): called by the guard that decided it, and in a fleet by the replica that decided
+/// it once the decision comes back from the control topic (so the fleet records it once).
+pub fn announce_decision(events: &PredictionLog, router: &Router, model: &str, r: &Rollout) {
     let Some(last) = r.timeline.last() else {
         return;
     };

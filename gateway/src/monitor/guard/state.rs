@@ -89,6 +89,20 @@ pub struct Marks {
     pub candidate: PredictionCounts,
 }
 
+/// A loaded version's prediction counts on one side of the split, where marks start from;
+/// empty for a version that is no longer loaded.
+pub(super) fn prediction_counts(
+    routes: &ModelRoutes,
+    version: u64,
+    variant: Variant,
+) -> PredictionCounts {
+    routes
+        .versions
+        .get(&version)
+        .map(|v| v.windows.predictions.counts(variant))
+        .unwrap_or_default()
+}
+
 /// The predecessor's numbers, frozen at promotion: what the watch compares the new primary with.
 #[derive(Clone, Debug)]
 pub struct Reference {
@@ -325,31 +339,35 @@ impl Rollout {
     }
 }
 
+/// A rollout of version 2 against version 1 with the default plan, for the guard's tests.
+#[cfg(test)]
+pub(super) fn test_rollout(id: u64, state: RolloutState, phase: Phase) -> Rollout {
+    let now = Instant::now();
+    Rollout {
+        id,
+        candidate: 2,
+        baseline: 1,
+        plan: crate::monitor::guard::plan::RolloutConfig::default()
+            .plan(&Default::default())
+            .unwrap(),
+        state,
+        phase,
+        started: now,
+        started_at: SystemTime::now(),
+        phase_started: now,
+        marks: Marks::default(),
+        reference: None,
+        timeline: Vec::new(),
+        reason: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::guard::plan::RolloutConfig;
-
-    fn plan() -> RolloutPlan {
-        RolloutConfig::default().plan(&Default::default()).unwrap()
-    }
 
     fn rollout(state: RolloutState, phase: Phase) -> Rollout {
-        Rollout {
-            id: 1,
-            candidate: 2,
-            baseline: 1,
-            plan: plan(),
-            state,
-            phase,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            phase_started: Instant::now(),
-            marks: Marks::default(),
-            reference: None,
-            timeline: Vec::new(),
-            reason: String::new(),
-        }
+        test_rollout(1, state, phase)
     }
 
     #[test]

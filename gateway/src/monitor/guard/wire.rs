@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::decide::predecessor;
 use super::plan::RolloutPlan;
-use super::state::{Decision, Marks, Phase, Rollout, RolloutState};
+use super::state::{Decision, Marks, Phase, Rollout, RolloutState, prediction_counts};
 use crate::routing::{ModelRoutes, Variant};
 
 /// A rollout in a control record.
@@ -132,13 +132,7 @@ impl RolloutRecord {
             return Arc::clone(local);
         }
         let same = local.filter(|l| l.id == self.id);
-        let counts = |version: u64, variant: Variant| {
-            routes
-                .versions
-                .get(&version)
-                .map(|v| v.windows.predictions.counts(variant))
-                .unwrap_or_default()
-        };
+        let counts = |version, variant| prediction_counts(routes, version, variant);
         let started_at = humantime::parse_rfc3339(&self.started_at)
             .unwrap_or_else(|_| same.map_or_else(SystemTime::now, |l| l.started_at));
         let age = SystemTime::now()
@@ -209,24 +203,10 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::guard::plan::RolloutConfig;
+    use crate::monitor::guard::state::test_rollout;
 
     fn rollout(state: RolloutState, phase: Phase) -> Rollout {
-        let mut r = Rollout {
-            id: 42,
-            candidate: 2,
-            baseline: 1,
-            plan: RolloutConfig::default().plan(&Default::default()).unwrap(),
-            state,
-            phase,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            phase_started: Instant::now(),
-            marks: Marks::default(),
-            reference: None,
-            timeline: Vec::new(),
-            reason: String::new(),
-        };
+        let mut r = test_rollout(42, state, phase);
         r.record("start", "tester", "began".into(), None, Instant::now());
         r
     }
