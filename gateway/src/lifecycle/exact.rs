@@ -24,18 +24,12 @@ impl ModelManager {
     ) -> Result<Vec<u64>, ServeError> {
         let _guard = self.claim(model)?;
         let result = self.load_versions_claimed(model, versions).await;
-        self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
-        match &result {
-            Ok(loaded) => self.events.event(
+        self.record_outcome(model, actor, &result);
+        if let Ok(loaded) = &result {
+            self.events.event(
                 Event::new(EventKind::Load, model, actor, "versions published")
                     .details(serde_json::json!({ "versions": versions, "loaded": loaded })),
-            ),
-            Err(error) => self.events.event(Event::new(
-                EventKind::LoadFailed,
-                model,
-                actor,
-                format!("{}; nothing changed", error.message),
-            )),
+            );
         }
         result
     }

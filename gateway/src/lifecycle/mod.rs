@@ -139,12 +139,23 @@ impl ModelManager {
         })
     }
 
-    fn record_failure(&self, model: &str, error: Option<&str>) {
+    /// After a load: remembers the model's failure (or forgets an old one), and reports a
+    /// failure as a `load_failed` event. Successes are reported by the caller, which knows what
+    /// changed.
+    fn record_outcome<T>(&self, model: &str, actor: &Actor, result: &Result<T, ServeError>) {
         if let Ok(mut failures) = self.failures.lock() {
-            match error {
-                Some(e) => failures.insert(model.to_string(), e.to_string()),
-                None => failures.remove(model),
+            match result {
+                Err(e) => failures.insert(model.to_string(), e.message.clone()),
+                Ok(_) => failures.remove(model),
             };
+        }
+        if let Err(error) = result {
+            self.events.event(Event::new(
+                EventKind::LoadFailed,
+                model,
+                actor,
+                format!("{}; nothing changed", error.message),
+            ));
         }
     }
 
@@ -155,39 +166,31 @@ impl ModelManager {
         let _guard = self.claim(model)?;
         let primary_before = self.primary_of(model);
         let result = self.load_claimed(model, actor).await;
-        self.record_failure(model, result.as_ref().err().map(|e| e.message.as_str()));
-        match &result {
-            Ok(report) => {
-                let reason = if report.loaded.is_empty() && report.unloaded.is_empty() {
-                    "reload: nothing changed"
-                } else {
-                    "versions published"
-                };
-                self.events
-                    .event(Event::new(EventKind::Load, model, actor, reason).details(
-                        serde_json::json!({
-                            "versions": report.versions,
-                            "loaded": report.loaded,
-                            "unloaded": report.unloaded,
-                        }),
-                    ));
-                let primary_after = self.primary_of(model);
-                if let (Some(from), Some(to)) = (primary_before, primary_after)
-                    && from != to
-                {
-                    self.events.event(
-                        Event::new(EventKind::Swap, model, actor, "primary version changed")
-                            .version(to)
-                            .details(serde_json::json!({ "from": from, "to": to })),
-                    );
-                }
+        self.record_outcome(model, actor, &result);
+        if let Ok(report) = &result {
+            let reason = if report.loaded.is_empty() && report.unloaded.is_empty() {
+                "reload: nothing changed"
+            } else {
+                "versions published"
+            };
+            self.events
+                .event(Event::new(EventKind::Load, model, actor, reason).details(
+                    serde_json::json!({
+                        "versions": report.versions,
+                        "loaded": report.loaded,
+                        "unloaded": report.unloaded,
+                    }),
+                ));
+            let primary_after = self.primary_of(model);
+            if let (Some(from), Some(to)) = (primary_before, primary_after)
+                && from != to
+            {
+                self.events.event(
+                    Event::new(EventKind::Swap, model, actor, "primary version changed")
+                        .version(to)
+                        .details(serde_json::json!({ "from": from, "to": to })),
+                );
             }
-            Err(error) => self.events.event(Event::new(
-                EventKind::LoadFailed,
-                model,
-                actor,
-                format!("{}; nothing changed", error.message),
-            )),
         }
         result
     }
