@@ -339,26 +339,18 @@ impl Rollout {
     }
 }
 
-/// A rollout of version 2 against version 1 with the default plan, for the guard's tests.
+/// A rollout of version 2 against version 1 with the default plan, started by "tester", in
+/// the given state: for the guard's tests.
 #[cfg(test)]
 pub(super) fn test_rollout(id: u64, state: RolloutState, phase: Phase) -> Rollout {
-    let now = Instant::now();
+    let plan = crate::monitor::guard::plan::RolloutConfig::default()
+        .plan(&Default::default())
+        .unwrap();
     Rollout {
         id,
-        candidate: 2,
-        baseline: 1,
-        plan: crate::monitor::guard::plan::RolloutConfig::default()
-            .plan(&Default::default())
-            .unwrap(),
         state,
         phase,
-        started: now,
-        started_at: SystemTime::now(),
-        phase_started: now,
-        marks: Marks::default(),
-        reference: None,
-        timeline: Vec::new(),
-        reason: String::new(),
+        ..Rollout::fresh(2, 1, plan, "tester", Instant::now())
     }
 }
 

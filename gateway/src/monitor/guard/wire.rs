@@ -206,9 +206,7 @@ mod tests {
     use crate::monitor::guard::state::test_rollout;
 
     fn rollout(state: RolloutState, phase: Phase) -> Rollout {
-        let mut r = test_rollout(42, state, phase);
-        r.record("start", "tester", "began".into(), None, Instant::now());
-        r
+        test_rollout(42, state, phase)
     }
 
     #[test]
