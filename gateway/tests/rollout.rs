@@ -44,6 +44,12 @@ async fn start(repo: &std::path::Path, runtime: RuntimeChoice) -> Arc<TestServer
     let mut config = test_config(repo, runtime);
     config.admin.token = Some(TOKEN.into());
     config.rollout.tick = Duration::from_millis(100);
+    // One row per run, as the candidates are described: stacked, slow_mlp's 160 matrix-vector
+    // products become matrix products, several times cheaper per row, and its latency
+    // regression (what this file tests the guard on) shrinks to a few ms over a primary whose
+    // own tail it then inflates, so the rollback takes seconds longer. Batching is tested in
+    // tests/batching.rs.
+    config.runtime.batching = sluice::runtime::Batching::OFF;
     let server = TestServer::start(config).await;
     // Both versions are loaded and the newest would be primary: start from version 1.
     let (status, body) = send(
