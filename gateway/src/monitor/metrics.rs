@@ -111,9 +111,30 @@ pub fn install() -> PrometheusHandle {
                 }
             };
             describe();
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is drained, and only a scrape or an
+/// upkeep drains it: with no Prometheus scraping, memory would grow with every request. One
+/// thread (not a task: the recorder outlives any runtime) drains it on a clock.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("sluice-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "metrics upkeep thread not started; histograms drain on scrape only");
+    }
 }
 
 fn describe() {
