@@ -316,6 +316,18 @@ pub fn order_inputs(signature: &ModelSignature, inputs: Vec<Tensor>) -> ServeRes
         }
         spec.check_shape(&tensor.shape)
             .map_err(ServeError::bad_request)?;
+        // Every decoder builds tensors through `Tensor::new`; this keeps a shape that does not
+        // describe its data (or overflows) from ever reaching a runtime, whoever built it.
+        if crate::tensor::checked_element_count(&tensor.shape) != Some(tensor.data.len()) {
+            return Err(ServeError::bad_request(format!(
+                "input '{}': shape {} does not describe its {} values",
+                spec.name,
+                crate::tensor::format_dims(
+                    &tensor.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()
+                ),
+                tensor.data.len()
+            )));
+        }
         // Inputs whose first axis is dynamic share the batch axis: they must agree on it.
         if spec.shape.first() == Some(&-1) {
             let rows = tensor.shape[0];

@@ -213,27 +213,37 @@ pub struct Tensor {
     pub data: TensorData,
 }
 
-/// A tensor whose element count does not match its shape.
+/// A tensor whose shape is too large, or whose element count does not match its shape.
 #[derive(Debug, thiserror::Error)]
-#[error("tensor '{name}': shape {shape:?} holds {expected} elements, data has {actual}")]
-pub struct ShapeMismatch {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub expected: usize,
-    pub actual: usize,
+pub enum ShapeMismatch {
+    #[error("tensor '{name}': shape {shape:?} holds {expected} elements, data has {actual}")]
+    Count {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        actual: usize,
+    },
+    #[error(
+        "input '{name}': shape {} is too large (its dimensions multiply to more than 2^40)",
+        dims_of(.shape)
+    )]
+    TooLarge { name: String, shape: Vec<usize> },
 }
 
 impl Tensor {
-    /// Builds a tensor, checking that the data fills the shape exactly.
+    /// Builds a tensor, checking that the shape is not too large and that the data fills it
+    /// exactly.
     pub fn new(
         name: impl Into<String>,
         shape: Vec<usize>,
         data: TensorData,
     ) -> Result<Tensor, ShapeMismatch> {
         let name = name.into();
-        let expected = element_count(&shape);
+        let Some(expected) = checked_element_count(&shape) else {
+            return Err(ShapeMismatch::TooLarge { name, shape });
+        };
         if expected != data.len() {
-            return Err(ShapeMismatch {
+            return Err(ShapeMismatch::Count {
                 name,
                 shape,
                 expected,
@@ -248,9 +258,35 @@ impl Tensor {
     }
 }
 
-/// Number of elements a shape holds (1 for a scalar).
+/// Number of elements a shape holds (1 for a scalar). For shapes already checked with
+/// [`checked_element_count`] (every [`Tensor`] built by [`Tensor::new`]); saturates otherwise.
 pub fn element_count(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_element_count(shape).unwrap_or(usize::MAX)
+}
+
+/// The largest product of a client-given shape's dimensions, zeros counted as ones: far above
+/// anything a request body can carry, far below where element counts, byte sizes, stacked
+/// batches and the runtimes' `i64` dimensions overflow.
+pub const MAX_SHAPE_PRODUCT: u64 = 1 << 40;
+
+/// Elements a client-given shape holds, or `None` when the shape is too large to be real: the
+/// product of its dimensions (zeros counted as ones, so `[2^62, 0]` is refused too) exceeds
+/// [`MAX_SHAPE_PRODUCT`]. Checked multiplication throughout: nothing wraps.
+pub fn checked_element_count(shape: &[usize]) -> Option<usize> {
+    let mut bound: u64 = 1;
+    let mut count: u64 = 1;
+    for &d in shape {
+        let d = u64::try_from(d).ok()?;
+        bound = bound
+            .checked_mul(d.max(1))
+            .filter(|&b| b <= MAX_SHAPE_PRODUCT)?;
+        count = count.checked_mul(d)?;
+    }
+    usize::try_from(count).ok()
+}
+
+fn dims_of(shape: &[usize]) -> String {
+    format_dims(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>())
 }
 
 /// Declared tensor in a model's signature; `-1` marks a dynamic dimension.
@@ -327,8 +363,27 @@ mod tests {
     fn tensor_new_checks_element_count() {
         assert!(Tensor::new("x", vec![2, 3], TensorData::F32(vec![0.0; 6])).is_ok());
         let err = Tensor::new("x", vec![2, 3], TensorData::F32(vec![0.0; 5])).unwrap_err();
-        assert_eq!(err.expected, 6);
-        assert_eq!(err.actual, 5);
+        assert!(matches!(
+            err,
+            ShapeMismatch::Count {
+                expected: 6,
+                actual: 5,
+                ..
+            }
+        ));
+        // Shapes whose element count wraps are refused, not taken modulo 2^64.
+        for shape in [
+            vec![4611686018427387905, 12],
+            vec![4611686018427387904, 12],
+            vec![1 << 58, 64],
+            vec![1 << 62, 0],
+        ] {
+            assert_eq!(checked_element_count(&shape), None, "{shape:?}");
+            let err = Tensor::new("x", shape, TensorData::F32(vec![0.0; 12])).unwrap_err();
+            assert!(err.to_string().contains("too large"), "{err}");
+        }
+        assert_eq!(checked_element_count(&[1 << 20, 0]), Some(0));
+        assert_eq!(checked_element_count(&[]), Some(1));
     }
 
     #[test]

@@ -143,10 +143,7 @@ pub fn encode(data: &TensorData) -> Vec<u8> {
 
 /// Elements a client-given shape holds, refusing shapes whose product overflows.
 pub fn checked_count(input: &str, shape: &[usize]) -> ServeResult<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| too_large(input, shape))
+    crate::tensor::checked_element_count(shape).ok_or_else(|| too_large(input, shape))
 }
 
 fn too_large(input: &str, shape: &[usize]) -> ServeError {

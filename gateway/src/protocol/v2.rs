@@ -8,10 +8,14 @@ use super::json_data::JsonTensor;
 use crate::error::{ServeError, ServeResult};
 use crate::infer::InferResponse;
 use crate::repository::LoadedVersion;
-use crate::tensor::{DataType, Tensor, TensorData, TensorSpec, element_count, with_vec};
+use crate::tensor::{
+    DataType, Tensor, TensorData, TensorSpec, checked_element_count, element_count, with_vec,
+};
 
-/// The JSON body of `POST /v2/models/{m}[/versions/{v}]/infer`.
+/// The JSON body of `POST /v2/models/{m}[/versions/{v}]/infer`. The `expecting` texts are
+/// what a client reads when a part has the wrong form (serde would name these types).
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an inference request: an object with an \"inputs\" list")]
 pub struct V2Request {
     #[serde(default)]
     pub id: Option<String>,
@@ -57,7 +61,14 @@ pub fn parse_shape(input: &str, shape: &[i64]) -> ServeResult<Vec<usize>> {
                 ))
             })
         })
-        .collect()
+        .collect::<ServeResult<Vec<usize>>>()?;
+    if checked_element_count(&dims).is_none() {
+        return Err(ServeError::bad_request(format!(
+            "input '{input}': shape {} is too large (its dimensions multiply to more than 2^40)",
+            crate::tensor::format_dims(shape)
+        )));
+    }
+    Ok(dims)
 }
 
 pub fn parse_datatype(input: &str, name: &str) -> ServeResult<DataType> {

@@ -190,10 +190,12 @@ fn execute(backend: &mut dyn Backend, inputs: Vec<Tensor>) -> ServeResult<Vec<Te
     match catch_unwind(AssertUnwindSafe(|| backend.run(inputs))) {
         Ok(Ok(outputs)) => Ok(outputs),
         Ok(Err(error)) => {
+            // The runtime's message names its own source files and internals: it goes to the
+            // log in full, the client gets what it can act on.
             tracing::warn!(%error, "model failed on a request");
             Err(ServeError::new(
                 ErrorKind::ModelFailure,
-                format!("model failed: {error}"),
+                "the model failed on this request; the server log has the details",
             ))
         }
         Err(_) => {
