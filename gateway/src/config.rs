@@ -166,6 +166,10 @@ pub struct ServerConfig {
     /// Largest accepted request body, e.g. "8MiB"; larger bodies get 413.
     #[serde(with = "byte_size")]
     pub max_body_size: u64,
+    /// Largest answer, in bytes of output tensors, e.g. "32MiB"; a request whose outputs
+    /// would be larger is answered 413 (gRPC RESOURCE_EXHAUSTED) instead.
+    #[serde(with = "byte_size")]
+    pub max_response_size: u64,
     /// Inference requests in progress at once, across all models and protocols; more are
     /// refused at once with 503 + Retry-After.
     pub max_concurrent_requests: usize,
@@ -175,6 +179,8 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
     #[serde(with = "human_duration")]
     pub drain_timeout: Duration,
+    /// Timeouts and limits of client connections (`[server.connections]`).
+    pub connections: crate::server::connections::ConnectionConfig,
 }
 
 impl Default for ServerConfig {
@@ -185,9 +191,13 @@ impl Default for ServerConfig {
             grpc_port: 8001,
             metrics_port: 8002,
             max_body_size: 8 * 1024 * 1024,
+            // Four times the body limit: outputs are rarely larger than inputs, and a request
+            // cannot multiply its answer past it.
+            max_response_size: 32 * 1024 * 1024,
             max_concurrent_requests: 4096,
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            connections: Default::default(),
         }
     }
 }
@@ -366,6 +376,10 @@ impl Config {
         if s.request_timeout.is_zero() {
             problems.push("server.request_timeout must be greater than 0".into());
         }
+        if s.max_response_size == 0 {
+            problems.push("server.max_response_size must be greater than 0".into());
+        }
+        problems.extend(s.connections.problems());
         problems.extend(
             self.repository
                 .version_policy
@@ -480,7 +494,7 @@ pub mod byte_size {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(untagged, expecting = "a size: a number of bytes or a string like \"8MiB\"")]
         enum Raw {
             Int(u64),
             Text(String),

@@ -14,6 +14,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The body is larger than `server.max_body_size`.
     PayloadTooLarge,
+    /// The answer would be larger than `server.max_response_size`.
+    ResponseTooLarge,
+    /// The client sent its request body too slowly (`server.connections.body_read_timeout`).
+    BodyTimeout,
     /// A queue is full: try again shortly (answered with Retry-After).
     Overloaded,
     /// The model or server is not ready (loading, draining).
@@ -40,6 +44,8 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::BodyTimeout => "body_timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
@@ -84,6 +90,11 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented),
             // gRPC reports an oversized message as RESOURCE_EXHAUSTED too.
             ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted),
+            // The request asks for more than the server will send: the client must ask for
+            // fewer rows or outputs, as it must send a smaller body on a 413.
+            ErrorKind::ResponseTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted),
+            // The client's fault, not the server's (504): 408 asks it to send faster.
+            ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, Code::DeadlineExceeded),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
@@ -169,6 +180,8 @@ mod tests {
             (ErrorKind::NotFound, Code::NotFound),
             (ErrorKind::MethodNotAllowed, Code::Unimplemented),
             (ErrorKind::PayloadTooLarge, Code::ResourceExhausted),
+            (ErrorKind::ResponseTooLarge, Code::ResourceExhausted),
+            (ErrorKind::BodyTimeout, Code::DeadlineExceeded),
             (ErrorKind::Overloaded, Code::ResourceExhausted),
             (ErrorKind::Unavailable, Code::Unavailable),
             (ErrorKind::Timeout, Code::DeadlineExceeded),

@@ -87,6 +87,9 @@ pub struct Inference {
     /// Inferences in progress across all models and protocols; beyond it requests are refused
     /// at once (503), so a flood cannot pile up work and memory behind the per-model queues.
     in_flight: tokio::sync::Semaphore,
+    /// `server.max_response_size`: answers whose outputs hold more bytes are refused (413)
+    /// before any protocol encodes them.
+    max_response_size: usize,
 }
 
 impl Inference {
@@ -103,7 +106,14 @@ impl Inference {
             shadow,
             log,
             in_flight: tokio::sync::Semaphore::new(max_concurrent_requests),
+            max_response_size: usize::MAX,
         }
+    }
+
+    /// Caps the raw size of an answer's outputs (`server.max_response_size`).
+    pub fn with_max_response_size(mut self, bytes: usize) -> Inference {
+        self.max_response_size = bytes;
+        self
     }
 
     /// Shadow comparison totals.
@@ -264,6 +274,7 @@ impl Inference {
                 .filter_map(|i| outputs.get(i).cloned())
                 .collect();
         }
+        check_response_size(&outputs, self.max_response_size)?;
         let response = InferResponse {
             model: target.model.clone(),
             version: target.version,
@@ -284,7 +295,7 @@ pub fn order_inputs(signature: &ModelSignature, inputs: Vec<Tensor>) -> ServeRes
         if !expected.contains(&tensor.name.as_str()) {
             return Err(ServeError::bad_request(format!(
                 "unexpected input '{}'; the model takes {}",
-                tensor.name,
+                crate::error::truncate(&tensor.name, crate::error::ECHO_MAX),
                 quoted_list(&expected)
             )));
         }
@@ -347,7 +358,27 @@ pub fn order_inputs(signature: &ModelSignature, inputs: Vec<Tensor>) -> ServeRes
     Ok(ordered)
 }
 
-/// Indices of the requested outputs in signature order, or `None` for all.
+/// Refuses an answer whose outputs hold more than `limit` bytes in their raw form (what the
+/// binary and gRPC encodings send; JSON adds to it), before any encoder builds a body.
+pub fn check_response_size(outputs: &[Tensor], limit: usize) -> ServeResult<()> {
+    let size = outputs
+        .iter()
+        .map(|t| crate::protocol::raw::encoded_len(&t.data))
+        .fold(0usize, usize::saturating_add);
+    if size > limit {
+        return Err(ServeError::new(
+            crate::error::ErrorKind::ResponseTooLarge,
+            format!(
+                "the answer would hold {size} bytes of outputs, more than the limit of {limit} \
+                 bytes (server.max_response_size); ask for fewer rows or outputs"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Indices of the requested outputs in signature order, or `None` for all. Naming an output
+/// twice is refused: it would only multiply the answer.
 fn select_outputs(
     signature: &ModelSignature,
     requested: Option<&[String]>,
@@ -356,12 +387,23 @@ fn select_outputs(
         return Ok(None);
     };
     let names: Vec<&str> = signature.outputs.iter().map(|s| s.name.as_str()).collect();
+    if let Some((_, name)) = requested
+        .iter()
+        .enumerate()
+        .find(|(i, name)| requested[..*i].contains(name))
+    {
+        return Err(ServeError::bad_request(format!(
+            "output '{}' is requested more than once; name each output once",
+            crate::error::truncate(name, crate::error::ECHO_MAX)
+        )));
+    }
     requested
         .iter()
         .map(|name| {
             names.iter().position(|n| n == name).ok_or_else(|| {
                 ServeError::bad_request(format!(
-                    "unknown output '{name}'; the model produces {}",
+                    "unknown output '{}'; the model produces {}",
+                    crate::error::truncate(name, crate::error::ECHO_MAX),
                     quoted_list(&names)
                 ))
             })
@@ -429,5 +471,28 @@ mod tests {
             Some(vec![0])
         );
         assert!(select_outputs(&signature(), Some(&["z".to_string()])).is_err());
+        let twice = ["y".to_string(), "y".to_string()];
+        assert_eq!(
+            select_outputs(&signature(), Some(&twice))
+                .unwrap_err()
+                .message,
+            "output 'y' is requested more than once; name each output once"
+        );
+    }
+
+    #[test]
+    fn response_size_is_capped() {
+        let outputs = vec![a(4)];
+        assert!(check_response_size(&outputs, 32).is_ok());
+        let err = check_response_size(&outputs, 31).unwrap_err();
+        assert_eq!(err.kind, crate::error::ErrorKind::ResponseTooLarge);
+        assert!(err.message.contains("server.max_response_size"));
+    }
+
+    #[test]
+    fn unknown_outputs_are_named_briefly() {
+        let long = "z".repeat(100_000);
+        let err = select_outputs(&signature(), Some(std::slice::from_ref(&long))).unwrap_err();
+        assert!(err.message.len() < 400, "{}", err.message.len());
     }
 }

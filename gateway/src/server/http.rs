@@ -29,6 +29,10 @@ pub struct HttpState {
     pub models: Arc<ModelManager>,
     pub ready: Arc<AtomicBool>,
     pub max_body_size: usize,
+    /// `server.max_response_size`, also applied to the encoded JSON answer.
+    pub max_response_size: usize,
+    /// `server.connections.body_read_timeout`: longest a body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// Gatekeeper for mutating calls.
     pub auth: super::auth::AdminAuth,
     /// Runs guarded rollouts.
@@ -272,6 +276,7 @@ async fn run_v2(
     request.keys.headers = headers;
     let response = state.inference.infer(request).await?;
     let encoded = binary::encode_response(&response, &encoding);
+    check_encoded_size(state, encoded.body.len())?;
     let mut http = json_response(StatusCode::OK, encoded.body);
     if let Some(length) = encoded.header_length {
         let octets = HeaderValue::from_static("application/octet-stream");
@@ -281,6 +286,22 @@ async fn run_v2(
     }
     stamp_version(&mut http, &response);
     Ok(http)
+}
+
+/// The core has capped the outputs' raw size; JSON text is larger than raw, so the encoded
+/// answer is held to the same limit before it is sent.
+fn check_encoded_size(state: &HttpState, len: usize) -> ServeResult<()> {
+    if len > state.max_response_size {
+        return Err(ServeError::new(
+            ErrorKind::ResponseTooLarge,
+            format!(
+                "the answer would be {len} bytes, more than the limit of {} bytes \
+                 (server.max_response_size); ask for fewer rows or outputs, or binary outputs",
+                state.max_response_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Says which version and which side of the traffic split answered.
@@ -329,7 +350,9 @@ async fn v1_predict(
             ..Default::default()
         };
         let response = state.inference.infer_routed(route, request).await?;
-        let mut http = json_response(StatusCode::OK, v1::encode(format, &response.outputs));
+        let body = v1::encode(format, &response.outputs);
+        check_encoded_size(&state, body.len())?;
+        let mut http = json_response(StatusCode::OK, body);
         stamp_version(&mut http, &response);
         Ok::<_, ServeError>(http)
     };

@@ -87,6 +87,9 @@ impl Server {
             shadow,
             log.clone(),
             config.server.max_concurrent_requests,
+        )
+        .with_max_response_size(
+            usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
         ));
         let fleet = crate::fleet::Fleet::connect(&config, Arc::clone(&models))
             .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
