@@ -47,6 +47,8 @@ pub const PREDICTION_DRIFT_PSI: &str = "sluice_prediction_drift_psi";
 pub const PREDICTION_DRIFT_KS: &str = "sluice_prediction_drift_ks";
 pub const DRIFT_WINDOW_ROWS: &str = "sluice_drift_window_rows";
 pub const FLEET_RECORDS: &str = "sluice_fleet_records_total";
+pub const CONNECTIONS_OPEN: &str = "sluice_connections_open";
+pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -248,6 +250,18 @@ fn describe() {
         "Control-topic records read, by outcome: applied, duplicate (the state in force \
          already), stale (lost a race with another change), failed (could not be applied \
          here), invalid (not a sluice.control.v1 record)"
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Open client connections per listener (http, grpc, metrics)"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Client connections closed per listener, by reason: client (closed by the client or \
+         ended normally), idle, header_timeout, body_timeout, over_limit (refused at once: \
+         server.connections.max_connections were open), error, shutdown"
     );
     describe_gauge!(
         DRIFT_PSI,
@@ -499,6 +513,14 @@ pub fn record_snapshot(previous: &Snapshot, next: &Snapshot) {
 }
 
 /// One control-topic record handled, by outcome.
+pub fn connections_open(listener: &'static str, open: usize) {
+    gauge!(CONNECTIONS_OPEN, "listener" => listener).set(open as f64);
+}
+
+pub fn connection_closed(listener: &'static str, reason: &'static str) {
+    counter!(CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
 pub fn record_fleet_record(outcome: &'static str) {
     counter!(FLEET_RECORDS, "outcome" => outcome).increment(1);
 }

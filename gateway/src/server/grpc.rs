@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::auth::AdminAuth;
-use crate::error::{ErrorKind, ServeError, ServeResult};
+use super::connections::ConnectionConfig;
+use crate::error::{ErrorKind, ServeResult};
 use crate::infer::Inference;
 use crate::lifecycle::{Actor, ModelManager};
 use crate::protocol::grpc::{self as codec, proto};
@@ -67,34 +67,57 @@ impl GrpcListener {
     }
 
     /// Serves until shutdown is signalled, then lets open calls finish for at most `drain`
-    /// (the same drain as the HTTP listener's).
+    /// (the same drain as the HTTP listener's). Connections get the HTTP listener's limits
+    /// (the same accept loop, h2 only).
     pub async fn serve(
         self,
         listener: TcpListener,
+        limits: ConnectionConfig,
+        request_timeout: Duration,
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
         let mut stop = shutdown.clone();
         let health = self.health.clone();
-        // gRPC calls are small request/response pairs on long-lived connections: without
-        // TCP_NODELAY, Nagle's algorithm holds back the last segment of each answer.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let serve = tonic::transport::Server::builder()
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-                set_serving(&health, false).await;
-            });
+        let not_serving = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            set_serving(&health, false).await;
+            std::future::pending::<()>().await;
+        };
+        // A unary call reads its whole message before the handler runs: a client trickling
+        // it in is cut off after the body timeout (plus the time the call itself may take).
+        let call_deadline = limits.body_read_timeout + request_timeout;
+        let routes = self.routes.prepare();
+        let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let call = tower::ServiceExt::oneshot(routes.clone(), request);
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    match tokio::time::timeout(call_deadline, call).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => Status::deadline_exceeded(format!(
+                            "the call did not complete within {call_deadline:?} \
+                             (server.connections.body_read_timeout + server.request_timeout)"
+                        ))
+                        .into_http(),
+                    },
+                )
+            }
+        });
+        let serving = super::connections::Listener {
+            name: "grpc",
+            service,
+            http2_only: true,
+            config: limits,
+        };
+        let serve = super::connections::serve(listener, serving, shutdown.clone());
         let deadline = async {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
             tokio::time::sleep(drain).await;
         };
         tokio::select! {
-            result = serve => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "gRPC listener failed");
-                }
-            }
+            () = serve => {}
+            () = not_serving => {}
             () = deadline => tracing::warn!(?drain, "drain timeout reached; closing open gRPC connections"),
         }
     }

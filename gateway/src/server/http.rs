@@ -83,6 +83,17 @@ impl IntoResponse for ServeError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.kind == ErrorKind::BodyTimeout {
+            // The rest of the body may never come: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+                .extensions_mut()
+                .insert(super::connections::CloseAfterResponse(
+                    super::connections::CloseReason::BodyTimeout,
+                ));
+        }
         response
     }
 }
@@ -137,8 +148,29 @@ async fn drain(mut body: Body, cap: u64) {
 }
 
 /// Reads the whole body, refusing with 413 anything over the configured limit, before or
-/// while it streams in.
+/// while it streams in, and with 408 a body that takes longer than the body timeout (a
+/// chunked body announcing 2^63 bytes is never waited on for long).
 pub(super) async fn read_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ServeResult<Bytes> {
+    let timeout = state.body_read_timeout;
+    tokio::time::timeout(timeout, read_body_untimed(state, headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServeError::new(
+                ErrorKind::BodyTimeout,
+                format!(
+                    "the request body did not arrive within {} \
+                     (server.connections.body_read_timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            ))
+        })
+}
+
+async fn read_body_untimed(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod connections;
 pub mod grpc;
 pub mod http;
 mod rollouts;
@@ -122,21 +123,35 @@ impl Server {
             models: Arc::clone(&models),
             ready: Arc::clone(&ready),
             max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+            max_response_size: usize::try_from(config.server.max_response_size)
+                .unwrap_or(usize::MAX),
+            body_read_timeout: config.server.connections.body_read_timeout,
             auth: admin_auth,
             guard: Arc::clone(&guard),
             fleet: fleet_handle.clone(),
         }));
         let drain = config.server.drain_timeout;
+        let limits = &config.server.connections;
         let mut tasks = vec![
             tokio::spawn(serve_until_drained(
                 http_listener,
-                app,
+                connections::Listener {
+                    name: "http",
+                    service: app,
+                    http2_only: false,
+                    config: limits.clone(),
+                },
                 shutdown.subscribe(),
                 drain,
             )),
             tokio::spawn(serve_until_drained(
                 metrics_listener,
-                metrics_routes(metrics),
+                connections::Listener {
+                    name: "metrics",
+                    service: metrics_routes(metrics),
+                    http2_only: false,
+                    config: limits.clone(),
+                },
                 shutdown.subscribe(),
                 drain,
             )),
@@ -144,6 +159,8 @@ impl Server {
 
         tasks.push(tokio::spawn(grpc.serve(
             grpc_listener,
+            limits.clone(),
+            config.server.request_timeout,
             shutdown.subscribe(),
             drain,
         )));
@@ -264,28 +281,21 @@ fn metrics_routes(handle: metrics_exporter_prometheus::PrometheusHandle) -> axum
 }
 
 /// Serves until shutdown is signalled, then lets open requests finish for at most `drain`.
+/// The connection loop gives handlers the peer address, which is how a mutation without a
+/// configured token is limited to loopback.
 async fn serve_until_drained(
     listener: TcpListener,
-    app: axum::Router,
+    serving: connections::Listener<axum::Router>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let mut stop = shutdown.clone();
-    // The peer address is how a mutation without a configured token is limited to loopback.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    });
+    let serve = connections::serve(listener, serving, shutdown.clone());
     let deadline = async {
         let _ = shutdown.wait_for(|stopped| *stopped).await;
         tokio::time::sleep(drain).await;
     };
     tokio::select! {
-        result = serve.into_future() => {
-            if let Err(error) = result {
-                tracing::error!(%error, "listener failed");
-            }
-        }
+        () = serve => {}
         () = deadline => tracing::warn!(?drain, "drain timeout reached; closing open connections"),
     }
 }
