@@ -51,9 +51,7 @@ impl JsonTensor {
         };
         Ok(match (self.values, datatype) {
             (JsonValues::Empty, dt) => TensorData::with_capacity(dt, 0),
-            (JsonValues::Floats(v), DataType::F32) => {
-                TensorData::F32(v.into_iter().map(|x| x as f32).collect())
-            }
+            (JsonValues::Floats(v), DataType::F32) => TensorData::F32(to_f32(v, input)?),
             (JsonValues::Floats(v), DataType::F64) => TensorData::F64(v),
             (JsonValues::Ints(v), DataType::F32) => {
                 TensorData::F32(v.into_iter().map(|x| x as f32).collect())
@@ -73,6 +71,24 @@ impl JsonTensor {
             (JsonValues::Ints(_), _) => return Err(mismatch("integer")),
         })
     }
+}
+
+/// JSON numbers into FP32, refusing values beyond its range (`1e39` would become infinity).
+fn to_f32(values: Vec<f64>, input: &str) -> ServeResult<Vec<f32>> {
+    values
+        .into_iter()
+        .map(|x| {
+            let narrowed = x as f32;
+            if narrowed.is_infinite() && x.is_finite() {
+                Err(ServeError::bad_request(format!(
+                    "input '{input}': value {x:e} is out of range for FP32 (at most {:e})",
+                    f32::MAX
+                )))
+            } else {
+                Ok(narrowed)
+            }
+        })
+        .collect()
 }
 
 /// Integers into a narrower integer type, refusing values out of its range.
@@ -339,6 +355,18 @@ mod tests {
             .into_data(DataType::F32, "x")
             .unwrap_err();
         assert!(err.message.contains("boolean"));
+        let err = parse("[1.0, 1e39]")
+            .unwrap()
+            .into_data(DataType::F32, "x")
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "input 'x': value 1e39 is out of range for FP32 (at most 3.4028235e38)"
+        );
+        assert_eq!(
+            parse("[3.0e38]").unwrap().into_data(DataType::F32, "x").unwrap(),
+            TensorData::F32(vec![3.0e38])
+        );
         assert_eq!(
             parse("[]")
                 .unwrap()

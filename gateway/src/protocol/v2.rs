@@ -27,6 +27,7 @@ pub struct V2Request {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an input: an object with \"name\", \"shape\", \"datatype\" and \"data\"")]
 pub struct V2Input {
     pub name: String,
     pub shape: Vec<i64>,
@@ -38,6 +39,7 @@ pub struct V2Input {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a requested output: an object with a \"name\"")]
 pub struct V2RequestedOutput {
     pub name: String,
     #[serde(default)]
@@ -50,9 +52,10 @@ pub fn parse_request(body: &[u8]) -> ServeResult<V2Request> {
         .map_err(|e| ServeError::bad_request(format!("invalid inference request JSON: {e}")))
 }
 
-/// The concrete shape of a v2 `shape` field.
+/// The concrete shape of a v2 `shape` field; shapes too large to be real are refused here,
+/// before anything multiplies or allocates by them.
 pub fn parse_shape(input: &str, shape: &[i64]) -> ServeResult<Vec<usize>> {
-    shape
+    let dims = shape
         .iter()
         .map(|&d| {
             usize::try_from(d).map_err(|_| {

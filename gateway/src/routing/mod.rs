@@ -145,7 +145,15 @@ impl Snapshot {
 /// Versions are integers (Triton's rule); anything else in a URL is a client error.
 pub fn parse_version(text: &str) -> ServeResult<u64> {
     text.parse().map_err(|_| {
-        ServeError::bad_request(format!("version '{text}' is not a non-negative integer"))
+        let shown = crate::error::truncate(text, crate::error::ECHO_MAX);
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            ServeError::bad_request(format!(
+                "version '{shown}' is too large: versions are integers up to {}",
+                u64::MAX
+            ))
+        } else {
+            ServeError::bad_request(format!("version '{shown}' is not a non-negative integer"))
+        }
     })
 }
 

@@ -17,7 +17,10 @@ pub fn weight_points(percent: f64) -> u64 {
 
 /// The policy as the admin API reads and writes it (versions as strings, like v2 does).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a traffic policy: an object with primary, canary, shadow or sticky_key"
+)]
 pub struct TrafficPolicy {
     /// Version answering requests that name none; unset: the newest loaded version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,7 +38,10 @@ pub struct TrafficPolicy {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a canary: an object with \"version\" and \"weight\""
+)]
 pub struct CanaryPolicy {
     pub version: String,
     /// Percent of unversioned requests, 0 to 100, in steps of 0.01.
@@ -43,7 +49,10 @@ pub struct CanaryPolicy {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a shadow: an object with \"version\" and \"sample_rate\""
+)]
 pub struct ShadowPolicy {
     pub version: String,
     /// Fraction of answered requests copied to the shadow, 0 to 1.

@@ -69,7 +69,48 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         .merge(super::admin::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Outermost: whatever answers an error without JSON (an extractor's rejection, such
+        // as a path that is not valid percent-encoded UTF-8) is turned into `{"error": ...}`.
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Wraps a non-JSON error answer's text as `{"error": ...}`, keeping its status.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match text.as_str() {
+        "" => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+        // axum's words for a path segment it cannot decode.
+        t if t.starts_with("Invalid URL") => format!(
+            "the request path is not valid: {}; percent-encoded path segments must decode \
+             to UTF-8",
+            t.trim_start_matches("Invalid URL").trim_start_matches(':').trim()
+        ),
+        t => t.to_string(),
+    };
+    let mut json = ServeError::new(ErrorKind::BadRequest, message).into_response();
+    *json.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 impl IntoResponse for ServeError {

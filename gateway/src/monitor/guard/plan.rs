@@ -96,7 +96,10 @@ impl Default for ShadowStage {
 /// A rollout's settings as a request body or a `[rollout]` table in `model.toml` gives them;
 /// every field left out takes the `[rollout]` config default.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "rollout settings: an object of rollout fields (steps, step_duration, ...)"
+)]
 pub struct RolloutOverrides {
     /// The version to roll out ("2" or 2). Required in the API; not allowed in `model.toml`,
     /// where the new version folder is the candidate.
@@ -144,7 +147,7 @@ impl Eq for RolloutOverrides {}
 
 fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(untagged, expecting = "a version: a non-negative integer or a string of one")]
     enum Raw {
         Number(u64),
         Text(String),
