@@ -146,7 +146,23 @@ impl ServeError {
     }
 
     pub fn unknown_model(model: &str) -> ServeError {
-        ServeError::not_found(format!("unknown model '{model}'"))
+        ServeError::not_found(format!("unknown model '{}'", truncate(model, ECHO_MAX)))
+    }
+}
+
+/// Characters of a client-given name echoed in an error message.
+pub const ECHO_MAX: usize = 200;
+
+/// The longest error message sent: gRPC carries it in a header, and clients refuse status
+/// headers past 16 KiB (grpc-go and grpcio's default metadata limit).
+pub const MESSAGE_MAX: usize = 4096;
+
+/// At most `max` characters of client-given text for an error message, with an ellipsis when
+/// cut, so that an echoed name cannot make an answer (or a gRPC status header) huge.
+pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}...", &text[..end])),
     }
 }
 
@@ -154,7 +170,11 @@ pub type ServeResult<T> = Result<T, ServeError>;
 
 impl From<ServeError> for tonic::Status {
     fn from(error: ServeError) -> tonic::Status {
-        tonic::Status::new(error.kind.into(), error.message)
+        let message = match truncate(&error.message, MESSAGE_MAX) {
+            std::borrow::Cow::Borrowed(_) => error.message,
+            std::borrow::Cow::Owned(cut) => cut,
+        };
+        tonic::Status::new(error.kind.into(), message)
     }
 }
 
@@ -194,6 +214,17 @@ mod tests {
         for (kind, code) in expected {
             assert_eq!(Code::from(kind), code, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn echoed_text_is_truncated() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate(&"x".repeat(300), 200).len(), 203);
+        assert_eq!(truncate("ééé", 2), "éé...");
+        let long = "m".repeat(100_000);
+        assert!(ServeError::unknown_model(&long).message.len() < 300);
+        let status = tonic::Status::from(ServeError::bad_request(long));
+        assert!(status.message().len() <= MESSAGE_MAX + 3);
     }
 
     #[test]

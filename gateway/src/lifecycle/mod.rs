@@ -143,6 +143,22 @@ impl ModelManager {
     /// failure as a `load_failed` event. Successes are reported by the caller, which knows what
     /// changed.
     fn record_outcome<T>(&self, model: &str, actor: &Actor, result: &Result<T, ServeError>) {
+        // A name with no model folder was never a model: remembering its failure (or counting
+        // an event under it) would leave a ghost entry and a metric series for any name a
+        // client sends.
+        if let Err(error) = result
+            && error.kind == crate::error::ErrorKind::NotFound
+        {
+            tracing::info!(
+                model = %crate::error::truncate(model, crate::error::ECHO_MAX),
+                %actor,
+                "load refused: no such model folder"
+            );
+            if let Ok(mut failures) = self.failures.lock() {
+                failures.remove(model);
+            }
+            return;
+        }
         if let Ok(mut failures) = self.failures.lock() {
             match result {
                 Err(e) => failures.insert(model.to_string(), e.message.clone()),

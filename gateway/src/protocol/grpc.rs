@@ -40,9 +40,7 @@ pub fn decode_request(request: ModelInferRequest) -> ServeResult<InferRequest> {
         raw_input_contents,
         parameters,
     } = request;
-    if model_name.is_empty() {
-        return Err(ServeError::bad_request("model_name is empty"));
-    }
+    super::check_name("model_name", &model_name)?;
     let inputs = if raw_input_contents.is_empty() {
         inputs
             .into_iter()

@@ -11,6 +11,32 @@ pub mod v2;
 use crate::error::{ServeError, ServeResult};
 use crate::tensor::DataType;
 
+/// Longest model name accepted: names are folder names, which file systems cap at 255 bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Refuses an empty or over-long model name in `field` (gRPC carries names in messages of up
+/// to the body limit; echoing one back would overflow the client's status header limit).
+pub fn check_name<'a>(field: &str, value: &'a str) -> ServeResult<&'a str> {
+    if value.is_empty() {
+        return Err(ServeError::bad_request(format!("{field} is empty")));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(ServeError::bad_request(format!(
+            "{field} is {} bytes long; model names are at most {MAX_NAME_LEN} bytes",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The answer to Triton's load `parameters` (config or file overrides), on HTTP and gRPC alike.
+pub fn unsupported_load_parameter(key: &str) -> ServeError {
+    ServeError::bad_request(format!(
+        "load parameter '{}' is not supported: sluice loads the model folder as it is on disk",
+        crate::error::truncate(key, crate::error::ECHO_MAX)
+    ))
+}
+
 /// Integers that travel in a wider type (JSON numbers, gRPC's int_contents) into the declared
 /// narrower one; a value out of its range is refused, naming the input.
 pub(crate) fn narrow<W: Copy + std::fmt::Display, T: TryFrom<W>>(

@@ -81,14 +81,35 @@ async fn repository_index(State(state): AppState, headers: HeaderMap, body: Body
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Triton's load body: `{"parameters": {...}}` replaces the model's config or files for this
+/// load. sluice always loads the folder as it is on disk, so it refuses parameters rather than
+/// ignore them, as the gRPC load does.
+#[derive(serde::Deserialize, Default)]
+#[serde(expecting = "a load request: an object with optional \"parameters\"")]
+struct LoadRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
 async fn load(
     State(state): AppState,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(model): Path<String>,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
+        let body = read_body(&state, &headers, body).await?;
+        let request: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            LoadRequest::default()
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ServeError::bad_request(format!("invalid load request: {e}")))?
+        };
+        if let Some(key) = request.parameters.keys().next() {
+            return Err(crate::protocol::unsupported_load_parameter(key));
+        }
         let report = match &state.fleet {
             Some(fleet) => fleet.load(&model, &actor).await?,
             None => state.models.load(&model, &actor).await?,

@@ -1,9 +1,13 @@
 //! Who may change the server: a bearer token compared in constant time, or, when no token is
 //! configured, loopback clients only.
+//!
+//! The comparison is of SHA-256 digests: both sides are 32 bytes whatever was sent, so neither
+//! the time taken nor an early return on a length mismatch tells a caller the token's length.
 
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::AdminConfig;
@@ -12,7 +16,12 @@ use crate::lifecycle::Actor;
 
 #[derive(Clone)]
 pub struct AdminAuth {
-    token: Option<String>,
+    /// The SHA-256 digest of the configured token.
+    token: Option<[u8; 32]>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl AdminAuth {
@@ -34,14 +43,18 @@ impl AdminAuth {
         if token.is_none() {
             tracing::warn!(
                 "no admin token configured: model and traffic changes are accepted from \
-                 loopback clients only (set SLUICE_ADMIN_TOKEN or admin.token)"
+                 loopback clients only (set SLUICE_ADMIN_TOKEN or admin.token). Behind a \
+                 reverse proxy or side-car on this host every client arrives from loopback, so \
+                 anyone who can reach the proxy can change models: set a token there"
             );
         }
-        Ok(AdminAuth { token })
+        Ok(AdminAuth::with_token(token))
     }
 
     pub fn with_token(token: Option<String>) -> AdminAuth {
-        AdminAuth { token }
+        AdminAuth {
+            token: token.as_deref().map(digest),
+        }
     }
 
     /// Allows or refuses a mutating call: 401 without credentials, 403 with wrong ones (or, with
@@ -67,7 +80,7 @@ impl AdminAuth {
                     "this call changes the server: send Authorization: Bearer <admin token>",
                 )
             })?;
-        if bool::from(presented.trim().as_bytes().ct_eq(expected.as_bytes())) {
+        if bool::from(digest(presented.trim()).ct_eq(expected)) {
             Ok(Actor(format!("token holder at {peer}")))
         } else {
             Err(ServeError::new(ErrorKind::Forbidden, "wrong admin token"))
@@ -109,6 +122,14 @@ mod tests {
             kind(auth.authorize(&headers(Some("Basic s3cret")), local)),
             ErrorKind::Unauthorized
         );
+        // Longer, shorter and prefix-sharing tokens are all just wrong.
+        for wrong in ["Bearer s3cret!", "Bearer s3cre", "Bearer ", "Bearer s3crets3cret"] {
+            assert_eq!(
+                kind(auth.authorize(&headers(Some(wrong)), local)),
+                ErrorKind::Forbidden,
+                "{wrong}"
+            );
+        }
 
         let open = AdminAuth::with_token(None);
         assert!(open.authorize(&headers(None), local).is_ok());

@@ -155,10 +155,7 @@ fn version_of(version: &str) -> Option<&str> {
 }
 
 fn required<'a>(field: &str, value: &'a str) -> ServeResult<&'a str> {
-    if value.is_empty() {
-        return Err(ServeError::bad_request(format!("{field} is empty")));
-    }
-    Ok(value)
+    crate::protocol::check_name(field, value)
 }
 
 #[tonic::async_trait]
@@ -271,11 +268,7 @@ impl GrpcInferenceService for InferenceService {
         // Triton's load parameters replace the model's config or files for this load; sluice
         // always loads what is on disk, so it refuses them rather than ignore them.
         if let Some(key) = request.parameters.keys().next() {
-            return Err(ServeError::bad_request(format!(
-                "load parameter '{key}' is not supported: sluice loads the model folder as it is \
-                 on disk"
-            ))
-            .into());
+            return Err(crate::protocol::unsupported_load_parameter(key).into());
         }
         let model = required("model_name", &request.model_name)?;
         match &self.0.fleet {
