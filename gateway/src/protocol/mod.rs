@@ -2,6 +2,8 @@
 //! encodes [`crate::infer::InferResponse`] back. No validation or routing lives here.
 
 pub mod binary;
+#[cfg(test)]
+mod fuzz;
 pub mod grpc;
 pub mod json_data;
 pub mod raw;
