@@ -494,7 +494,10 @@ pub mod byte_size {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged, expecting = "a size: a number of bytes or a string like \"8MiB\"")]
+        #[serde(
+            untagged,
+            expecting = "a size: a number of bytes or a string like \"8MiB\""
+        )]
         enum Raw {
             Int(u64),
             Text(String),

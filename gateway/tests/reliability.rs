@@ -85,9 +85,7 @@ async fn overflowing_shapes_are_refused_before_the_runtime() {
             digits(json!([1u64 << 62, 0]), json!([])),
         ];
         for request in cases {
-            let (status, body) = server
-                .post_json("/v2/models/digits/infer", &request)
-                .await;
+            let (status, body) = server.post_json("/v2/models/digits/infer", &request).await;
             let message = error_of(&body);
             assert_eq!(status, 400, "{runtime:?} {request}: {body}");
             assert!(
@@ -125,7 +123,11 @@ async fn overflowing_shapes_are_refused_before_the_runtime() {
         };
         let status = grpc.model_infer(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("too large"), "{}", status.message());
+        assert!(
+            status.message().contains("too large"),
+            "{}",
+            status.message()
+        );
         // Still serving.
         let (status, _) = server
             .post_json(
@@ -233,7 +235,10 @@ async fn every_error_is_json_and_says_what_was_wrong() {
     let mut row = vec![json!(0.0); 64];
     row[3] = json!(1e39);
     let (status, body) = server
-        .post_json("/v2/models/digits/infer", &digits(json!([1, 64]), json!(row)))
+        .post_json(
+            "/v2/models/digits/infer",
+            &digits(json!([1, 64]), json!(row)),
+        )
         .await;
     assert_eq!(status, 400);
     assert!(
@@ -319,7 +324,8 @@ async fn slow_and_idle_clients_are_closed() {
 
     let metrics = server.metrics_text().await;
     for reason in ["header_timeout", "idle", "body_timeout"] {
-        let series = format!("sluice_connections_closed_total{{listener=\"http\",reason=\"{reason}\"}}");
+        let series =
+            format!("sluice_connections_closed_total{{listener=\"http\",reason=\"{reason}\"}}");
         assert!(
             series_value(&metrics, &series).is_some_and(|n| n >= 1.0),
             "{series} missing in\n{metrics}"
@@ -374,7 +380,10 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "no room after a connection closed");
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = server.metrics_text().await;
@@ -390,9 +399,7 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     server.stop().await;
 }
 
-async fn grpc_client(
-    server: &TestServer,
-) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
+async fn grpc_client(server: &TestServer) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
     let addr = server.server.as_ref().unwrap().grpc_addr;
     GrpcInferenceServiceClient::connect(format!("http://{addr}"))
         .await

@@ -6,9 +6,9 @@
 //! `cargo test -p sluice --lib protocol::fuzz -- --ignored` (100,000 cases per property).
 
 use bytes::Bytes;
-use prost::Message;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use prost::Message;
 use serde_json::{Value, json};
 
 use super::grpc::proto::{self, model_infer_request::InferInputTensor};
@@ -187,7 +187,10 @@ fn grpc_round_trips(runner: &mut TestRunner) {
             // Through the wire form, as a client sends it.
             let wire = message.encode_to_vec();
             let decoded = proto::ModelInferRequest::decode(wire.as_slice()).map_err(fail)?;
-            same(&grpc::decode_request(decoded).map_err(fail)?.inputs, &tensors)
+            same(
+                &grpc::decode_request(decoded).map_err(fail)?.inputs,
+                &tensors,
+            )
         })
         .unwrap();
 }
@@ -245,12 +248,8 @@ fn v1_round_trips(runner: &mut TestRunner) {
             };
             let (tensors, _) =
                 v1::decode(&serde_json::to_vec(&body).unwrap(), &signature).map_err(fail)?;
-            let want = Tensor::new(
-                "x",
-                vec![rows.len(), width],
-                TensorData::F32(rows.concat()),
-            )
-            .unwrap();
+            let want =
+                Tensor::new("x", vec![rows.len(), width], TensorData::F32(rows.concat())).unwrap();
             same(&tensors, &[want])
         })
         .unwrap();
@@ -302,31 +301,39 @@ fn hostile_shapes_are_client_errors(runner: &mut TestRunner) {
         prop::collection::vec(any::<u8>(), 0..64),
     );
     runner
-        .run(&strategy, |(shape, datatype, values, binary_size, raw_bytes)| {
-            let mut input = json!({"name": "input", "shape": shape, "datatype": datatype,
+        .run(
+            &strategy,
+            |(shape, datatype, values, binary_size, raw_bytes)| {
+                let mut input = json!({"name": "input", "shape": shape, "datatype": datatype,
                                    "data": vec![1; values]});
-            if let Some(size) = binary_size {
-                input["parameters"] = json!({ "binary_data_size": size });
-                input.as_object_mut().unwrap().remove("data");
-            }
-            let mut body = serde_json::to_vec(&json!({ "inputs": [input] })).unwrap();
-            let header = body.len();
-            body.extend(&raw_bytes);
-            client_error(binary::decode_request(&body, Some(header), "m".into(), None))?;
-            client_error(v2_json(&body[..header]))?;
-            let message = proto::ModelInferRequest {
-                model_name: "m".into(),
-                inputs: vec![InferInputTensor {
-                    name: "input".into(),
-                    datatype,
-                    shape,
+                if let Some(size) = binary_size {
+                    input["parameters"] = json!({ "binary_data_size": size });
+                    input.as_object_mut().unwrap().remove("data");
+                }
+                let mut body = serde_json::to_vec(&json!({ "inputs": [input] })).unwrap();
+                let header = body.len();
+                body.extend(&raw_bytes);
+                client_error(binary::decode_request(
+                    &body,
+                    Some(header),
+                    "m".into(),
+                    None,
+                ))?;
+                client_error(v2_json(&body[..header]))?;
+                let message = proto::ModelInferRequest {
+                    model_name: "m".into(),
+                    inputs: vec![InferInputTensor {
+                        name: "input".into(),
+                        datatype,
+                        shape,
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![Bytes::from(raw_bytes)],
                     ..Default::default()
-                }],
-                raw_input_contents: vec![Bytes::from(raw_bytes)],
-                ..Default::default()
-            };
-            client_error(grpc::decode_request(message))
-        })
+                };
+                client_error(grpc::decode_request(message))
+            },
+        )
         .unwrap();
 }
 

@@ -364,7 +364,10 @@ mod tests {
             "input 'x': value 1e39 is out of range for FP32 (at most 3.4028235e38)"
         );
         assert_eq!(
-            parse("[3.0e38]").unwrap().into_data(DataType::F32, "x").unwrap(),
+            parse("[3.0e38]")
+                .unwrap()
+                .into_data(DataType::F32, "x")
+                .unwrap(),
             TensorData::F32(vec![3.0e38])
         );
         assert_eq!(

@@ -123,7 +123,12 @@ mod tests {
             ErrorKind::Unauthorized
         );
         // Longer, shorter and prefix-sharing tokens are all just wrong.
-        for wrong in ["Bearer s3cret!", "Bearer s3cre", "Bearer ", "Bearer s3crets3cret"] {
+        for wrong in [
+            "Bearer s3cret!",
+            "Bearer s3cre",
+            "Bearer ",
+            "Bearer s3crets3cret",
+        ] {
             assert_eq!(
                 kind(auth.authorize(&headers(Some(wrong)), local)),
                 ErrorKind::Forbidden,

@@ -342,7 +342,10 @@ impl Activity {
             return (Some(CloseReason::Idle), Duration::ZERO);
         }
         let until_idle = Duration::from_millis(idle_limit - idle);
-        (None, until_idle.min(look_again).max(Duration::from_millis(5)))
+        (
+            None,
+            until_idle.min(look_again).max(Duration::from_millis(5)),
+        )
     }
 }
 
@@ -490,14 +493,16 @@ fn json_for_hyper_error(head: &[u8], max_header_size: u64) -> Option<Vec<u8>> {
     }
     let text = std::str::from_utf8(head).ok()?;
     let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?;
-    if !text.to_ascii_lowercase().contains("\r\ncontent-length: 0\r\n") {
+    if !text
+        .to_ascii_lowercase()
+        .contains("\r\ncontent-length: 0\r\n")
+    {
         return None;
     }
     let (reason, message) = match status {
         "400" => (
             "Bad Request",
-            "malformed HTTP request: the request line or a header could not be parsed"
-                .to_string(),
+            "malformed HTTP request: the request line or a header could not be parsed".to_string(),
         ),
         "414" => (
             "URI Too Long",
@@ -633,7 +638,8 @@ mod tests {
 
     #[test]
     fn hyper_error_heads_become_json() {
-        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let head =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let answer = String::from_utf8(json_for_hyper_error(head, 65536).unwrap()).unwrap();
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
         let body: serde_json::Value =

@@ -99,7 +99,9 @@ async fn json_errors(response: Response) -> Response {
         t if t.starts_with("Invalid URL") => format!(
             "the request path is not valid: {}; percent-encoded path segments must decode \
              to UTF-8",
-            t.trim_start_matches("Invalid URL").trim_start_matches(':').trim()
+            t.trim_start_matches("Invalid URL")
+                .trim_start_matches(':')
+                .trim()
         ),
         t => t.to_string(),
     };

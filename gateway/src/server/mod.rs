@@ -82,16 +82,18 @@ impl Server {
             config.server.request_timeout,
             log.clone(),
         );
-        let inference = Arc::new(Inference::new(
-            Arc::clone(&router),
-            config.server.request_timeout,
-            shadow,
-            log.clone(),
-            config.server.max_concurrent_requests,
-        )
-        .with_max_response_size(
-            usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
-        ));
+        let inference = Arc::new(
+            Inference::new(
+                Arc::clone(&router),
+                config.server.request_timeout,
+                shadow,
+                log.clone(),
+                config.server.max_concurrent_requests,
+            )
+            .with_max_response_size(
+                usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
+            ),
+        );
         let fleet = crate::fleet::Fleet::connect(&config, Arc::clone(&models))
             .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
         let fleet_handle = fleet.as_ref().map(|(fleet, _)| Arc::clone(fleet));

@@ -147,7 +147,10 @@ impl Eq for RolloutOverrides {}
 
 fn version_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a version: a non-negative integer or a string of one")]
+    #[serde(
+        untagged,
+        expecting = "a version: a non-negative integer or a string of one"
+    )]
     enum Raw {
         Number(u64),
         Text(String),
