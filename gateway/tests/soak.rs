@@ -77,6 +77,8 @@ fn start() -> Sluice {
             };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("sluice exited before it was ready");
 }
 
