@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use axum::http::{HeaderMap, header};
 use subtle::ConstantTimeEq;
 
-use crate::config::AdminConfig;
-use crate::error::{ErrorKind, ServeError};
+use super::AdminConfig;
 use crate::lifecycle::Actor;
+use sluice_core::error::{ErrorKind, ServeError};
 
 #[derive(Clone)]
 pub struct AdminAuth {

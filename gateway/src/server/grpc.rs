@@ -3,7 +3,7 @@
 //!
 //! Like the HTTP handlers, every RPC only decodes, calls the core ([`Inference`] for inference,
 //! [`ModelManager`] for the repository), and encodes; errors become a `tonic::Status` through the
-//! one kind-to-code table in [`crate::error`].
+//! one kind-to-code table in [`sluice_core::error`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::auth::AdminAuth;
-use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::infer::Inference;
 use crate::lifecycle::{Actor, ModelManager};
-use crate::protocol::grpc::{self as codec, proto};
-use crate::protocol::v2::SERVER_METADATA;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use sluice_core::error::{ErrorKind, ServeError, ServeResult};
+use sluice_protocol::grpc::{self as codec, proto};
+use sluice_protocol::v2::SERVER_METADATA;
 
 /// The service name health checks use for the inference service.
 const SERVICE_NAME: &str = "inference.GRPCInferenceService";
@@ -37,8 +37,8 @@ pub struct GrpcState {
     pub max_message_size: usize,
     /// Gatekeeper for the repository load/unload calls, the same as the HTTP admin API's.
     pub auth: AdminAuth,
-    /// In a fleet, loads and unloads go through the control topic.
-    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Where loads and unloads go (this node, or the fleet's control topic).
+    pub control: Arc<dyn crate::control::ModelControl>,
 }
 
 /// The gRPC listener, built and ready to serve.
@@ -203,7 +203,9 @@ impl GrpcInferenceService for InferenceService {
                 .map(|routes| routes.versions.keys().map(u64::to_string).collect())
                 .unwrap_or_default(),
         };
-        Ok(Response::new(codec::model_metadata(&target, versions)))
+        Ok(Response::new(codec::model_metadata(
+            target.metadata(versions),
+        )))
     }
 
     async fn model_infer(
@@ -255,10 +257,7 @@ impl GrpcInferenceService for InferenceService {
             .into());
         }
         let model = required("model_name", &request.model_name)?;
-        match &self.0.fleet {
-            Some(fleet) => fleet.load(model, &actor).await?,
-            None => self.0.models.load(model, &actor).await?,
-        };
+        self.0.control.load(model, &actor).await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -269,10 +268,7 @@ impl GrpcInferenceService for InferenceService {
         let actor = self.authorize(&request)?;
         let request = request.into_inner();
         let model = required("model_name", &request.model_name)?;
-        match &self.0.fleet {
-            Some(fleet) => fleet.unload(model, &actor).await?,
-            None => self.0.models.unload(model, &actor).await?,
-        }
+        self.0.control.unload(model, &actor).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
 }
