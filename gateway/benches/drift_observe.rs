@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice::config::DriftConfig;
-use sluice::monitor::drift::profile::{Continuous, FeatureProfile, Profile, SCHEMA, SampleInfo};
-use sluice::monitor::drift::{DriftMonitor, sample};
-use sluice::tensor::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
+use sluice::drift::profile::{Continuous, FeatureProfile, Profile, SCHEMA, SampleInfo};
+use sluice::drift::{DriftMonitor, sample};
+use sluice_core::tensor::{DataType, ModelSignature, Tensor, TensorData, TensorSpec};
 
 /// Requests per measurement: the full count under `cargo bench`, a smoke run under
 /// `cargo test --all-targets` (which runs benches without `--bench`).

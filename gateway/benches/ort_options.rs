@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sluice::config::{RuntimeChoice, RuntimeConfig};
-use sluice::runtime::{
+use sluice_core::tensor::{Tensor, TensorData};
+use sluice_runtime::{
     Backend, OrtOptimization, OrtOptions, OrtRuntime, Runtimes, find_ort_library,
 };
-use sluice::tensor::{Tensor, TensorData};
+use sluice_runtime::{RuntimeChoice, RuntimeConfig};
 
 /// Rounds and calls per round: the full measurement under `cargo bench`, a smoke run under
 /// `cargo test --all-targets` (which runs benches without `--bench`).
@@ -79,7 +79,7 @@ fn variants() -> Vec<(&'static str, OrtOptions)> {
 
 /// `rows` rows of the model's sample, as the model's input.
 fn input(sample: &Path, rows: usize) -> Vec<Tensor> {
-    let sample = sluice::monitor::drift::sample::read(sample).expect("bench sample");
+    let sample = sluice::drift::sample::read(sample).expect("bench sample");
     let data = sample.values[..rows * sample.columns]
         .iter()
         .map(|&v| v as f32)

@@ -99,9 +99,9 @@ struct ProfileArgs {
     sample: PathBuf,
     /// Runtime for the prediction run (auto, ort, tract); default: as the server would pick.
     #[arg(long, value_parser = parse_runtime)]
-    runtime: Option<sluice::config::RuntimeChoice>,
+    runtime: Option<sluice_runtime::RuntimeChoice>,
     /// Fine quantiles per feature (a multiple of 10): KS resolution is about 1/quantiles.
-    #[arg(long, default_value_t = sluice::monitor::drift::build::DEFAULT_QUANTILES)]
+    #[arg(long, default_value_t = sluice::profiling::DEFAULT_QUANTILES)]
     quantiles: usize,
     /// The input whose columns are the features; default: the first 2-D float input.
     #[arg(long)]
@@ -111,8 +111,8 @@ struct ProfileArgs {
     output: Option<PathBuf>,
 }
 
-fn parse_runtime(text: &str) -> Result<sluice::config::RuntimeChoice, String> {
-    use sluice::config::RuntimeChoice;
+fn parse_runtime(text: &str) -> Result<sluice_runtime::RuntimeChoice, String> {
+    use sluice_runtime::RuntimeChoice;
     match text {
         "auto" => Ok(RuntimeChoice::Auto),
         "ort" => Ok(RuntimeChoice::Ort),
@@ -331,8 +331,8 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
 }
 
 fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
-    use sluice::monitor::drift::build::{ProfileRequest, write_profile};
-    use sluice::monitor::drift::profile::PredictionProfile;
+    use sluice::drift::profile::PredictionProfile;
+    use sluice::profiling::{ProfileRequest, write_profile};
     let config = args.config.load()?;
     let request = ProfileRequest {
         model: args.model.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacked_requests_get_their_own_rows() {

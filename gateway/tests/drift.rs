@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
-use sluice::monitor::drift::sample;
+use sluice::drift::sample;
+use sluice_runtime::RuntimeChoice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -95,7 +95,7 @@ fn run_profile(repo: &std::path::Path) {
             "--sample",
         ])
         .arg(fixtures().join("bench/churn_sample.npy"));
-    if let Some(library) = sluice::runtime::find_ort_library(None) {
+    if let Some(library) = sluice_runtime::find_ort_library(None) {
         command.env("ORT_DYLIB_PATH", library);
     }
     let output = command.output().unwrap();

@@ -5,10 +5,10 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use sluice::config::RuntimeChoice;
-use sluice::protocol::grpc::proto;
-use sluice::protocol::raw;
-use sluice::tensor::{DataType, TensorData};
+use sluice_core::tensor::{DataType, TensorData};
+use sluice_protocol::grpc::proto;
+use sluice_protocol::raw;
+use sluice_runtime::RuntimeChoice;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::*;
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "swap-token";
 const SWAPS: u64 = 50;

@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
-use sluice::protocol::raw;
-use sluice::tensor::{DataType, TensorData};
+use sluice_core::tensor::{DataType, TensorData};
+use sluice_protocol::raw;
+use sluice_runtime::RuntimeChoice;
 
 /// JSON header + raw bytes, and the header's length.
 fn framed(header: &Value, binary: &[u8]) -> (Vec<u8>, usize) {

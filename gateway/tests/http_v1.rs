@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 fn rows(request: &Value, width: usize) -> Vec<Value> {
     request["inputs"][0]["data"]

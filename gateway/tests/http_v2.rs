@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 /// Bench models: onnxruntime's reference outputs, 1e-5 tolerance, on every runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

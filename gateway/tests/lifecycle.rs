@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "test-admin-token";
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::json;
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 fn slow_repo() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();

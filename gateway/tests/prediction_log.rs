@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use common::kafka::{Tansu, consume, tansu_available};
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::{Config, RuntimeChoice, VersionPolicy};
+use sluice::config::{Config, VersionPolicy};
 use sluice::predlog::SinkChoice;
+use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "log-token";
 const TOPIC: &str = "sluice.predictions";

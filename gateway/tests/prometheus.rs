@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
 use sluice::predlog::SinkChoice;
+use sluice_runtime::RuntimeChoice;
 
 /// Metric-name prefixes of metrics that sluice does not export yet. Expressions using them
 /// are skipped with a note. Every feature has landed, so the list is empty: every dashboard
@@ -113,7 +113,7 @@ fn credit_with_profiles() -> tempfile::TempDir {
     let mut config = test_config(repo.path(), RuntimeChoice::Ort);
     config.repository.path = repo.path().to_path_buf();
     for version in [1, 2] {
-        let request = sluice::monitor::drift::build::ProfileRequest {
+        let request = sluice::profiling::ProfileRequest {
             model: MODEL.into(),
             version,
             sample: sample.clone(),
@@ -122,7 +122,7 @@ fn credit_with_profiles() -> tempfile::TempDir {
             input: None,
             output: None,
         };
-        sluice::monitor::drift::build::write_profile(&config, &request).expect("profile");
+        sluice::profiling::write_profile(&config, &request).expect("profile");
     }
     repo
 }
@@ -575,7 +575,7 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
     let mut config = test_config(repo.path(), RuntimeChoice::Ort);
     // One worker and batching on, so concurrent requests queue and get stacked.
     config.runtime.instances = 1;
-    config.runtime.batching = sluice::runtime::Batching {
+    config.runtime.batching = sluice_runtime::Batching {
         max_batch_size: 8,
         max_queue_delay_us: 500,
     };

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::{Config, RuntimeChoice};
-use sluice::protocol::grpc::proto;
+use sluice::config::Config;
+use sluice_protocol::grpc::proto;
+use sluice_runtime::RuntimeChoice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

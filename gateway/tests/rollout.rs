@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "rollout-token";
 
@@ -49,7 +49,7 @@ async fn start(repo: &std::path::Path, runtime: RuntimeChoice) -> Arc<TestServer
     // regression (what this file tests the guard on) shrinks to a few ms over a primary whose
     // own tail it then inflates, so the rollback takes seconds longer. Batching is tested in
     // tests/batching.rs.
-    config.runtime.batching = sluice::runtime::Batching::OFF;
+    config.runtime.batching = sluice_runtime::Batching::OFF;
     let server = TestServer::start(config).await;
     // Both versions are loaded and the newest would be primary: start from version 1.
     let (status, body) = send(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "traffic-token";
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use sluice::config::RuntimeChoice;
+use sluice_runtime::RuntimeChoice;
 
 fn python() -> Option<PathBuf> {
     let from_env = std::env::var_os("VENV_PYTHON")

@@ -5,9 +5,9 @@
 //! The request is built once from the v2 JSON body given with `--body` (inputs become
 //! `raw_input_contents`, as the official Triton client sends them) and the model and version in
 //! the `--url` path (`/v2/models/{m}[/versions/{v}]/infer`); host and port are the gRPC
-//! listener's. Only the few protobuf messages a call needs are declared here, with the field
-//! numbers of the KServe v2 `grpc_service.proto`, so that the load generator does not depend on
-//! the server crate. Answers are not decoded: the body is drained and `grpc-status` read.
+//! listener's. The messages are the server's own, generated once in `sluice-protocol` (a
+//! leaf crate, so the load generator still links nothing of the server). Answers are not
+//! decoded: the body is drained and `grpc-status` read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,32 +27,10 @@ use tokio::time::Instant;
 use crate::progress::Progress;
 use crate::run::{Config, Summary, Window};
 use crate::stats::{ErrorKind, Recorder};
+use sluice_protocol::grpc::proto::ModelInferRequest;
+use sluice_protocol::grpc::proto::model_infer_request::InferInputTensor;
 
 const METHOD_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
-
-/// `inference.ModelInferRequest`, the fields a call needs.
-#[derive(Clone, PartialEq, Message)]
-struct ModelInferRequest {
-    #[prost(string, tag = "1")]
-    model_name: String,
-    #[prost(string, tag = "2")]
-    model_version: String,
-    #[prost(message, repeated, tag = "5")]
-    inputs: Vec<InferInputTensor>,
-    #[prost(bytes = "vec", repeated, tag = "7")]
-    raw_input_contents: Vec<Vec<u8>>,
-}
-
-/// `inference.ModelInferRequest.InferInputTensor`, without parameters and typed contents.
-#[derive(Clone, PartialEq, Message)]
-struct InferInputTensor {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    datatype: String,
-    #[prost(int64, repeated, tag = "3")]
-    shape: Vec<i64>,
-}
 
 /// One `ModelInfer` call, framed and ready to be sent by every connection.
 #[derive(Debug, Clone)]
@@ -142,8 +120,9 @@ fn request_from_v2_json(
             name: name.to_owned(),
             datatype: datatype.to_owned(),
             shape,
+            ..Default::default()
         });
-        request.raw_input_contents.push(raw);
+        request.raw_input_contents.push(Bytes::from(raw));
     }
     Ok(request)
 }
@@ -329,7 +308,7 @@ mod tests {
         floats.put_f32_le(1.0);
         floats.put_f32_le(2.5);
         assert_eq!(request.raw_input_contents[0], floats);
-        assert_eq!(request.raw_input_contents[1], b"\x02\x00\x00\x00hi");
+        assert_eq!(&request.raw_input_contents[1][..], b"\x02\x00\x00\x00hi");
     }
 
     #[test]

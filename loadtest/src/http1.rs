@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::run::{Pace, Window};
+use crate::pace::{Pace, Window};
 use crate::stats::{ErrorKind, Recorder};
 use crate::target::{BodyCursor, RequestTemplate};
 

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::http1::{Backoff, Reconnect, Step, bounded, drive, next_send, record_error};
-use crate::run::{Pace, Window};
+use crate::pace::{Pace, Window};
 use crate::stats::{ErrorKind, Recorder};
 use crate::target::{BodyCursor, RequestTemplate};
 

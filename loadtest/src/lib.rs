@@ -12,6 +12,7 @@
 //! - [`http1`], [`http2`]: one HTTP/1.1 or HTTP/2 (h2c) connection's loop; [`grpc`] sits
 //!   beside them and all fill the same [`stats::Recorder`];
 //! - [`npy`]: `--npy`, v2 JSON bodies built at start-up from a sample's rows;
+//! - [`pace`]: open-loop send schedules and the measured window;
 //! - [`run`]: the phases (warm-up, measurement) and the fan-out over connections;
 //! - [`stats`]: per-connection recording with no shared state on the hot path;
 //! - [`progress`]: the live progress line;
@@ -27,6 +28,7 @@ pub mod grpc;
 pub mod http1;
 pub mod http2;
 pub mod npy;
+pub mod pace;
 pub mod progress;
 pub mod report;
 pub mod rollout;

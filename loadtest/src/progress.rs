@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::run::Window;
+use crate::pace::Window;
 
 /// Responses and errors one connection has recorded so far (inside the measured window).
 #[derive(Debug, Default)]

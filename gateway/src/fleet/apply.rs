@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use super::record::{ControlRecord, Verdict};
 use super::{Fleet, Outcome};
-use crate::error::{ErrorKind, ServeError};
 use crate::lifecycle::Actor;
-use crate::monitor::metrics;
+use crate::telemetry::metrics;
+use sluice_core::error::{ErrorKind, ServeError};
 
 /// What applying a record changed here.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,9 +147,7 @@ impl Fleet {
             adopted.clone_from(&rollout);
             routes.traffic = traffic;
             routes.rollout = rollout;
-            let mut next = snapshot.clone();
-            next.models.insert(model.to_string(), routes);
-            Ok::<_, ServeError>(next)
+            Ok::<_, ServeError>(snapshot.with_model(model, routes))
         })?;
         if let Some(rollout) = &adopted
             && previous != Some((rollout.id, rollout.state, rollout.phase))
@@ -164,12 +162,7 @@ impl Fleet {
             );
             // The replica that decided tells the world, once for the fleet.
             if self.is_mine(record) {
-                crate::monitor::guard::announce_decision(
-                    self.models.events(),
-                    router,
-                    model,
-                    rollout,
-                );
+                crate::lifecycle::announce_decision(self.models.events(), router, model, rollout);
             }
         }
         Ok(Applied {

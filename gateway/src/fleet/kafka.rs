@@ -192,7 +192,7 @@ fn read_loop(
                         }
                     }
                     Err(reason) => {
-                        crate::monitor::metrics::record_fleet_record("invalid");
+                        crate::telemetry::metrics::record_fleet_record("invalid");
                         tracing::warn!(
                             offset = message.offset(),
                             partition = message.partition(),

@@ -26,6 +26,7 @@ pub mod apply;
 pub mod config;
 pub mod kafka;
 pub mod record;
+pub mod rollout_record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,14 +38,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::FleetConfig;
 pub use record::{ControlRecord, SCHEMA};
 
-use crate::config::Config;
-use crate::error::{ErrorKind, ServeError};
+use crate::control::{ModelControl, RolloutChange};
 use crate::lifecycle::{Actor, LoadReport, ModelManager};
-use crate::monitor::guard::{Guard, Phase, Rollout, RolloutOverrides, RolloutRecord, RolloutState};
 use crate::predlog::{Event, EventKind};
 use crate::repository;
-use crate::routing::{Traffic, TrafficPolicy};
+use crate::rollout::GUARD;
+use crate::routing::{Phase, Rollout, RolloutState, TrafficPolicy};
 use kafka::{Incoming, Publisher, Settings};
+use rollout_record::RolloutRecord;
+use sluice_core::error::{ErrorKind, ServeError};
 
 /// What became of a record this replica wrote, once its applier read it back.
 #[derive(Debug)]
@@ -103,24 +105,24 @@ const FEED_CAPACITY: usize = 256;
 impl Fleet {
     /// Connects to the control topic and starts reading it (see [`Fleet::catch_up`]); `None`
     /// without `fleet.control_topic`.
+    /// `brokers` are the ones the server resolved for the fleet (`fleet.brokers`, else the
+    /// prediction log's).
     pub fn connect(
-        config: &Config,
+        config: &FleetConfig,
+        brokers: &str,
         models: Arc<ModelManager>,
     ) -> Result<Option<(Arc<Fleet>, Feed)>, String> {
-        let Some(topic) = config.fleet.control_topic.clone() else {
+        let Some(topic) = config.control_topic.clone() else {
             return Ok(None);
         };
-        let replica = config.fleet.replica_id();
+        let replica = config.replica_id();
         let instance = format!("{replica}:{:08x}", rand::random::<u32>());
         let settings = Settings {
-            brokers: config
-                .fleet
-                .brokers_or(&config.prediction_log.kafka.brokers)
-                .to_string(),
+            brokers: brokers.to_string(),
             topic: topic.clone(),
             client_id: format!("sluice-fleet-{replica}"),
-            write_timeout: config.fleet.apply_timeout,
-            extra: config.fleet.kafka.clone(),
+            write_timeout: config.apply_timeout,
+            extra: config.kafka.clone(),
         };
         let publisher = Publisher::connect(&settings)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -136,7 +138,7 @@ impl Fleet {
             replica,
             instance,
             topic,
-            apply_timeout: config.fleet.apply_timeout,
+            apply_timeout: config.apply_timeout,
             publisher,
             models,
             ops: AtomicU64::new(0),
@@ -354,7 +356,7 @@ impl Fleet {
     }
 
     /// A traffic policy for the whole fleet; answers the policy in force here afterwards.
-    pub async fn set_traffic(
+    async fn set_traffic_everywhere(
         &self,
         model: &str,
         policy: &TrafficPolicy,
@@ -389,7 +391,7 @@ impl Fleet {
     /// repository (plus what a running rollout compares), re-read from disk everywhere. A
     /// `[rollout]` table in its `model.toml` starts a rollout of a new version, as on a single
     /// node.
-    pub async fn load(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
+    async fn load_everywhere(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
         let models = Arc::clone(&self.models);
         let applied = self
             .change(model, actor, "load requested".into(), |record| {
@@ -411,7 +413,7 @@ impl Fleet {
     }
 
     /// Stops serving a model on every replica.
-    pub async fn unload(&self, model: &str, actor: &Actor) -> Result<(), ServeError> {
+    async fn unload_everywhere(&self, model: &str, actor: &Actor) -> Result<(), ServeError> {
         let router = Arc::clone(self.models.router());
         self.change(model, actor, "unload requested".into(), |record| {
             if !router.snapshot().models.contains_key(model) {
@@ -427,54 +429,26 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts a guarded rollout on every replica; answers the rollout as this replica holds it.
-    pub async fn start_rollout(
+    /// A rollout change for the whole fleet, built on the state this replica's applier
+    /// reached; answers the rollout as this replica holds it afterwards.
+    async fn change_rollout_everywhere(
         &self,
-        guard: &Guard,
         model: &str,
-        overrides: &RolloutOverrides,
         actor: &Actor,
+        change: RolloutChange<'_>,
     ) -> Result<Arc<Rollout>, ServeError> {
-        let (candidate, plan) = guard.plan_for(overrides)?;
         let router = Arc::clone(self.models.router());
         let mut id = 0;
-        self.change(model, actor, "rollout started".into(), |record| {
+        self.change(model, actor, "rollout changed".into(), |record| {
             let snapshot = router.snapshot();
             let routes = snapshot
                 .models
                 .get(model)
                 .ok_or_else(|| ServeError::unknown_model(model))?;
-            let (rollout, traffic) =
-                Rollout::begin(model, routes, candidate, plan, &actor.0, Instant::now())?;
-            id = rollout.id;
-            record.reason.clone_from(&rollout.reason);
-            record.traffic = traffic.to_policy();
-            record.rollout = Some(RolloutRecord::from_rollout(&rollout));
-            Ok(())
-        })
-        .await?;
-        self.rollout_in_force(model, id)
-    }
-
-    /// Aborts the model's rollout on every replica.
-    pub async fn abort_rollout(
-        &self,
-        guard: &Guard,
-        model: &str,
-        actor: &Actor,
-    ) -> Result<Arc<Rollout>, ServeError> {
-        let router = Arc::clone(self.models.router());
-        let mut id = 0;
-        self.change(model, actor, "rollout aborted".into(), |record| {
-            let snapshot = router.snapshot();
-            let routes = snapshot
-                .models
-                .get(model)
-                .ok_or_else(|| ServeError::unknown_model(model))?;
-            let (next, traffic) = guard.aborted(routes, model, &actor.0)?;
+            let next = change(routes)?;
             id = next.id;
             record.reason.clone_from(&next.reason);
-            record.traffic = traffic.to_policy();
+            record.traffic = next.traffic(&routes.traffic).to_policy();
             record.rollout = Some(RolloutRecord::from_rollout(&next));
             Ok(())
         })
@@ -499,9 +473,19 @@ impl Fleet {
     }
 
     /// Writes a guard decision without waiting: every replica applies it when it reads it,
-    /// this one included. The same decision is written once per `apply_timeout` at most while
-    /// it has not come back; if it never does (brokers away), the guard decides it again.
-    pub fn propose_decision(&self, model: &str, next: &Rollout, traffic: &Traffic) {
+    /// this one included (a replica deciding the same is harmless: the records are equal by
+    /// rollout, step and outcome). The same decision is written once per `apply_timeout` at
+    /// most while it has not come back; if it never does (brokers away), the guard decides it
+    /// again.
+    fn propose_decision(&self, model: &str, change: RolloutChange<'_>) {
+        let snapshot = self.models.router().snapshot();
+        let Some(routes) = snapshot.models.get(model) else {
+            return;
+        };
+        let Ok(next) = change(routes) else {
+            return;
+        };
+        let traffic = next.traffic(&routes.traffic);
         let key = (next.id, next.state, next.phase);
         {
             let mut ledger = self.ledger();
@@ -522,9 +506,9 @@ impl Fleet {
             self.ledger().proposals.remove(model);
             return;
         };
-        let mut record = self.base(model, crate::monitor::guard::GUARD, next.reason.clone());
+        let mut record = self.base(model, GUARD, next.reason.clone());
         record.traffic = traffic.to_policy();
-        record.rollout = Some(RolloutRecord::from_rollout(next));
+        record.rollout = Some(RolloutRecord::from_rollout(&next));
         self.write_unwaited(record);
     }
 
@@ -608,4 +592,38 @@ fn plan_load(
     record.traffic = traffic.to_policy();
     record.rollout = rollout.as_deref().map(RolloutRecord::from_rollout);
     Ok(())
+}
+
+/// The fleet's control: every change goes through the control topic.
+#[async_trait::async_trait]
+impl ModelControl for Fleet {
+    async fn load(&self, model: &str, actor: &Actor) -> Result<LoadReport, ServeError> {
+        self.load_everywhere(model, actor).await
+    }
+
+    async fn unload(&self, model: &str, actor: &Actor) -> Result<(), ServeError> {
+        self.unload_everywhere(model, actor).await
+    }
+
+    async fn set_traffic(
+        &self,
+        model: &str,
+        policy: &TrafficPolicy,
+        actor: &Actor,
+    ) -> Result<TrafficPolicy, ServeError> {
+        self.set_traffic_everywhere(model, policy, actor).await
+    }
+
+    async fn change_rollout(
+        &self,
+        model: &str,
+        actor: &Actor,
+        change: RolloutChange<'_>,
+    ) -> Result<Arc<Rollout>, ServeError> {
+        self.change_rollout_everywhere(model, actor, change).await
+    }
+
+    fn propose_rollout(&self, model: &str, change: RolloutChange<'_>) {
+        self.propose_decision(model, change);
+    }
 }

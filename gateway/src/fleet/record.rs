@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::monitor::guard::{Phase, RolloutRecord, RolloutState};
+use super::rollout_record::RolloutRecord;
 use crate::routing::TrafficPolicy;
+use crate::routing::{Phase, RolloutState};
 
 /// The schema name every record carries.
 pub const SCHEMA: &str = "sluice.control.v1";

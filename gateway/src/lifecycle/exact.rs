@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Actor, ModelManager};
-use crate::error::ServeError;
 use crate::predlog::{Event, EventKind};
 use crate::repository;
 use crate::routing::ModelRoutes;
+use sluice_core::error::ServeError;
 
 impl ModelManager {
     /// Loads exactly `versions` of `model` from its folder (reusing loaded versions whose files

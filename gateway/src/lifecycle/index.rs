@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::ModelManager;
-use crate::error::{ErrorKind, ServeError};
 use crate::repository::{self, RepositoryError};
+use sluice_core::error::{ErrorKind, ServeError};
 
 /// Triton's two model states that sluice can be in between calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -1,22 +1,21 @@
 //! Model lifecycle: (re)loading a model's versions from the repository and publishing them in
 //! one snapshot store, unloading, and the start-up load of the whole repository.
 
+mod announce;
 mod exact;
 mod index;
-mod poller;
 
-pub use poller::poll;
-
+pub use announce::{announce_decision, announce_start, watch_predictions};
 pub use index::{IndexEntry, ModelState};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{ErrorKind, ServeError};
-use crate::monitor::guard::{Rollout, RolloutConfig};
 use crate::predlog::{Event, EventKind, PredictionLog};
 use crate::repository::{self, Loader};
-use crate::routing::{ModelRoutes, Router};
+use crate::rollout::{RolloutConfig, RolloutPlan};
+use crate::routing::{ModelRoutes, Rollout, Router};
+use sluice_core::error::{ErrorKind, ServeError};
 
 /// Who asked for a lifecycle change, for the audit trail ("admin api: token holder at
 /// 10.0.0.7:51234", "repository poller", "start-up").
@@ -147,10 +146,10 @@ impl ModelManager {
         // an event under it) would leave a ghost entry and a metric series for any name a
         // client sends.
         if let Err(error) = result
-            && error.kind == crate::error::ErrorKind::NotFound
+            && error.kind == sluice_core::error::ErrorKind::NotFound
         {
             tracing::info!(
-                model = %crate::error::truncate(model, crate::error::ECHO_MAX),
+                model = %sluice_core::error::truncate(model, sluice_core::error::ECHO_MAX),
                 %actor,
                 "load refused: no such model folder"
             );
@@ -253,58 +252,21 @@ impl ModelManager {
         };
         let newest_loaded = loaded.iter().max().copied();
         let now = std::time::Instant::now();
-        let name = model.to_string();
         let mut started = None;
         self.router.update(|snapshot| {
-            let mut next = snapshot.clone();
-            let previous = snapshot.models.get(&name);
-            let mut routes = ModelRoutes {
-                versions: versions.clone(),
-                // The traffic policy survives a reload, less what names versions now gone.
-                traffic: previous.map(|r| r.traffic.clone()).unwrap_or_default(),
-                rollout: previous.and_then(|r| r.rollout.clone()),
+            let reload = Reload {
+                versions: &versions,
+                newest_loaded,
+                plan: plan.as_ref(),
+                actor: &actor.0,
+                now,
             };
-            // What a running rollout compares stays loaded whatever the version policy says:
-            // the baseline is its instant rollback target.
-            if let Some((previous, rollout)) = previous.zip(routes.rollout.clone())
-                && rollout.is_active()
-            {
-                keep_loaded(
-                    &mut routes,
-                    previous,
-                    &[rollout.baseline, rollout.candidate],
-                );
-            }
-            started = None;
-            if let (Some(plan), Some(previous), Some(newest)) = (&plan, previous, newest_loaded)
-                && let Some(primary) = previous.primary_version().map(|v| v.version)
-                && newest > primary
-                && !routes.rollout.as_ref().is_some_and(|r| r.is_active())
-            {
-                // A `[rollout]` table: the new version earns its place step by step, and the
-                // primary it is compared with stays loaded and pinned meanwhile.
-                keep_loaded(&mut routes, previous, &[primary]);
-                routes.traffic.primary = Some(primary);
-                let actor = actor.to_string();
-                match Rollout::begin(&name, &routes, newest, plan.clone(), &actor, now) {
-                    Ok((rollout, traffic)) => {
-                        let rollout = Arc::new(rollout);
-                        routes.traffic = traffic;
-                        routes.rollout = Some(Arc::clone(&rollout));
-                        started = Some(rollout);
-                    }
-                    Err(error) => {
-                        tracing::warn!(model = %name, %error, "rollout not started");
-                    }
-                }
-            }
-            let kept: Vec<u64> = routes.versions.keys().copied().collect();
-            routes.traffic.retain_loaded(|v| kept.contains(&v));
-            next.models.insert(name.clone(), routes);
-            next
+            let (routes, rollout) = reload.routes(model, snapshot.models.get(model));
+            started = rollout;
+            snapshot.with_model(model, routes)
         });
         if let Some(rollout) = &started {
-            crate::monitor::guard::announce_start(&self.events, &self.router, model, rollout);
+            announce_start(&self.events, &self.router, model, rollout);
         }
         let serving = self.router.snapshot();
         let serving = serving.models.get(model);
@@ -355,11 +317,7 @@ impl ModelManager {
         if !self.router.snapshot().models.contains_key(model) {
             return Err(ServeError::unknown_model(model));
         }
-        self.router.update(|snapshot| {
-            let mut next = snapshot.clone();
-            next.models.remove(model);
-            next
-        });
+        self.router.update(|snapshot| snapshot.without_model(model));
         self.events.event(Event::new(
             EventKind::Unload,
             model,
@@ -392,6 +350,71 @@ impl ModelManager {
     }
 }
 
+/// A load's outcome, turned into the model's next routes.
+struct Reload<'a> {
+    versions: &'a BTreeMap<u64, Arc<repository::LoadedVersion>>,
+    /// The highest version this load newly loaded.
+    newest_loaded: Option<u64>,
+    /// The model's `[rollout]` table, checked.
+    plan: Option<&'a RolloutPlan>,
+    actor: &'a str,
+    now: std::time::Instant,
+}
+
+impl Reload<'_> {
+    /// The model's routes after the load, given its routes before (`None`: a first load), and
+    /// the rollout the load started, if any. Pure: nothing is stored.
+    fn routes(
+        &self,
+        model: &str,
+        previous: Option<&ModelRoutes>,
+    ) -> (ModelRoutes, Option<Arc<Rollout>>) {
+        let mut routes = ModelRoutes {
+            versions: self.versions.clone(),
+            // The traffic policy survives a reload, less what names versions now gone.
+            traffic: previous.map(|r| r.traffic.clone()).unwrap_or_default(),
+            rollout: previous.and_then(|r| r.rollout.clone()),
+        };
+        // What a running rollout compares stays loaded whatever the version policy says:
+        // the baseline is its instant rollback target.
+        if let Some((previous, rollout)) = previous.zip(routes.rollout.clone())
+            && rollout.is_active()
+        {
+            keep_loaded(
+                &mut routes,
+                previous,
+                &[rollout.baseline, rollout.candidate],
+            );
+        }
+        let mut started = None;
+        if let (Some(plan), Some(previous), Some(newest)) =
+            (self.plan, previous, self.newest_loaded)
+            && let Some(primary) = previous.primary_version().map(|v| v.version)
+            && newest > primary
+            && !routes.rollout.as_ref().is_some_and(|r| r.is_active())
+        {
+            // A `[rollout]` table: the new version earns its place step by step, and the
+            // primary it is compared with stays loaded and pinned meanwhile.
+            keep_loaded(&mut routes, previous, &[primary]);
+            routes.traffic.primary = Some(primary);
+            match Rollout::begin(model, &routes, newest, plan.clone(), self.actor, self.now) {
+                Ok((rollout, traffic)) => {
+                    let rollout = Arc::new(rollout);
+                    routes.traffic = traffic;
+                    routes.rollout = Some(Arc::clone(&rollout));
+                    started = Some(rollout);
+                }
+                Err(error) => {
+                    tracing::warn!(model, %error, "rollout not started");
+                }
+            }
+        }
+        let kept: Vec<u64> = routes.versions.keys().copied().collect();
+        routes.traffic.retain_loaded(|v| kept.contains(&v));
+        (routes, started)
+    }
+}
+
 /// Puts `versions` back into `routes` from `previous` where a reload left them out.
 fn keep_loaded(routes: &mut ModelRoutes, previous: &ModelRoutes, versions: &[u64]) {
     for v in versions {
@@ -412,8 +435,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_load_of_the_same_model_is_refused_while_one_runs() {
+        let config = Config::default();
         let manager = ModelManager::new(
-            Arc::new(Loader::new(&Config::default())),
+            Arc::new(Loader::new(
+                &config.runtime,
+                &config.repository,
+                &config.drift,
+            )),
             Arc::new(Router::new(Snapshot::default())),
             PredictionLog::disabled(),
         );

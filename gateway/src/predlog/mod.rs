@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use config::{InputLogging, PredictionLogConfig, SinkChoice};
 pub use record::{Event, EventKind};
 
-use crate::monitor::metrics;
+use crate::telemetry::metrics;
 
 /// The two record streams; each has its own topic or file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,16 +424,16 @@ impl PredictionLog {
 
 /// Drift alerts (raised and cleared) become `drift` lifecycle events, so that whatever reads
 /// the events stream (a retraining job, an audit) learns of them.
-impl crate::monitor::drift::DriftAlertSink for PredictionLog {
-    fn alert(&self, alert: &crate::monitor::drift::DriftAlert) {
+impl crate::drift::DriftAlertSink for PredictionLog {
+    fn alert(&self, alert: &crate::drift::DriftAlert) {
         let what = if alert.prediction {
             "prediction"
         } else {
             "input feature"
         };
         let state = match alert.state {
-            crate::monitor::drift::alert::AlertState::Raised => "drifting",
-            crate::monitor::drift::alert::AlertState::Cleared => "back within bounds",
+            crate::drift::alert::AlertState::Raised => "drifting",
+            crate::drift::alert::AlertState::Cleared => "back within bounds",
         };
         self.event(
             Event::new(

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::protocol::v2::JsonData;
-use crate::routing::Variant;
-use crate::routing::compare::Comparison;
-use crate::tensor::Tensor;
+use crate::telemetry::compare::Comparison;
+use sluice_core::Variant;
+use sluice_core::tensor::Tensor;
+use sluice_protocol::v2::JsonData;
 
 pub const PREDICTION_SCHEMA: &str = "sluice.prediction.v1";
 pub const EVENT_SCHEMA: &str = "sluice.event.v1";
@@ -214,7 +214,7 @@ fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Serialize)]
 struct TensorJson<'a> {
     name: &'a str,
-    datatype: crate::tensor::DataType,
+    datatype: sluice_core::tensor::DataType,
     shape: &'a [usize],
     data: JsonData<'a>,
 }
@@ -238,7 +238,7 @@ fn some_tensors<S: Serializer>(t: &Option<&[Tensor]>, s: S) -> Result<S::Ok, S::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::TensorData;
+    use sluice_core::tensor::TensorData;
 
     #[test]
     fn a_prediction_record_has_the_documented_fields() {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::{ModelConfig, ModelDir};
-use crate::config::{Config, DriftConfig, RuntimeChoice, RuntimeConfig, VersionPolicy};
-use crate::monitor::drift::{self, DriftMonitor};
-use crate::runtime::{
+use super::{RepositoryConfig, VersionPolicy};
+use crate::drift::DriftConfig;
+use crate::drift::{self, DriftMonitor};
+use sluice_core::tensor::{ModelSignature, Tensor, TensorData};
+use sluice_runtime::{
     Backend, LoadError, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
 };
-use crate::tensor::{ModelSignature, Tensor, TensorData};
+use sluice_runtime::{RuntimeChoice, RuntimeConfig};
 
 /// A model version that is ready to serve. Requests hold an `Arc` to it, so a version that is
 /// swapped out lives until its last in-flight request ends, then its workers stop.
@@ -25,18 +27,18 @@ pub struct LoadedVersion {
     pub path: PathBuf,
     pub loaded_at: SystemTime,
     /// Size and modification time of the model file when it was loaded.
-    fingerprint: Option<(u64, SystemTime)>,
+    pub(super) fingerprint: Option<(u64, SystemTime)>,
     /// The `model.toml` settings it was loaded with.
-    settings: ModelConfig,
+    pub(super) settings: ModelConfig,
     /// Recent latency and errors per traffic variant, for the guard and the stats endpoint.
-    pub windows: crate::monitor::window::VariantWindows,
+    pub windows: crate::telemetry::window::VariantWindows,
     /// Its request metrics, recorded through handles.
-    pub metrics: crate::monitor::metrics::VersionMetrics,
+    pub metrics: crate::telemetry::metrics::VersionMetrics,
     /// Drift against the version's `profile.json`; `None` without one (or with drift off).
     pub drift: Option<Arc<DriftMonitor>>,
     /// Size and modification time of `profile.json` when it was loaded: a new profile
     /// reloads the version.
-    profile_fingerprint: Option<(u64, SystemTime)>,
+    pub(super) profile_fingerprint: Option<(u64, SystemTime)>,
 }
 
 /// Versions built and not yet freed, in this process. A swapped-out version is freed when its
@@ -48,10 +50,16 @@ pub fn alive_versions() -> usize {
     ALIVE.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Counts a version built; its `Drop` counts it freed.
+pub(super) fn count_built() {
+    ALIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    crate::telemetry::metrics::record_version_built();
+}
+
 impl Drop for LoadedVersion {
     fn drop(&mut self) {
         ALIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        crate::monitor::metrics::record_version_freed();
+        crate::telemetry::metrics::record_version_freed();
         tracing::debug!(model = %self.model, version = self.version, "model version freed");
     }
 }
@@ -63,6 +71,16 @@ impl LoadedVersion {
         self.settings == model.config
             && fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
             && fingerprint(&profile_file(&self.path)) == self.profile_fingerprint
+    }
+
+    /// Its v2 model metadata; `versions` lists the model's loaded versions.
+    pub fn metadata(&self, versions: Vec<String>) -> sluice_protocol::v2::ModelMetadata<'_> {
+        sluice_protocol::v2::ModelMetadata::new(
+            &self.model,
+            self.runtime.platform(),
+            &self.signature,
+            versions,
+        )
     }
 
     /// Counts the request's (validated) inputs into the drift window; nothing without a
@@ -112,13 +130,17 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(config: &Config) -> Loader {
+    pub fn new(
+        runtime: &RuntimeConfig,
+        repository: &RepositoryConfig,
+        drift: &DriftConfig,
+    ) -> Loader {
         Loader {
-            runtimes: Runtimes::new(&config.runtime),
-            runtime: config.runtime.clone(),
-            default_policy: config.repository.version_policy.clone(),
-            drift: config.drift.clone(),
-            repository: config.repository.path.clone(),
+            runtimes: Runtimes::new(runtime),
+            runtime: runtime.clone(),
+            default_policy: repository.version_policy.clone(),
+            drift: drift.clone(),
+            repository: repository.path.clone(),
         }
     }
 
@@ -217,8 +239,8 @@ impl Loader {
             warm_up(backend.as_mut(), &built.signature)?;
         }
         let mut batching = Some(model.config.batching.unwrap_or(self.runtime.batching))
-            .filter(crate::runtime::Batching::enabled);
-        if batching.is_some() && !crate::runtime::signature_batches(&built.signature) {
+            .filter(sluice_runtime::Batching::enabled);
+        if batching.is_some() && !sluice_runtime::signature_batches(&built.signature) {
             // Only worth a warning when model.toml asked for it; the default just does not apply.
             if model.config.batching.is_some() {
                 tracing::warn!(
@@ -250,8 +272,7 @@ impl Loader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model version loaded"
         );
-        ALIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        crate::monitor::metrics::record_version_built();
+        count_built();
         Ok(Arc::new(LoadedVersion {
             model: model.name.clone(),
             version,
@@ -263,7 +284,7 @@ impl Loader {
             fingerprint,
             settings: model.config.clone(),
             windows: Default::default(),
-            metrics: crate::monitor::metrics::VersionMetrics::new(&model.name, version),
+            metrics: crate::telemetry::metrics::VersionMetrics::new(&model.name, version),
             drift,
             profile_fingerprint,
         }))

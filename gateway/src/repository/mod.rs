@@ -8,6 +8,11 @@ mod model_config;
 
 use std::path::{Path, PathBuf};
 
+mod config;
+#[cfg(test)]
+pub mod testing;
+
+pub use config::{RepositoryConfig, VersionPolicy};
 pub use loader::{LoadedVersion, Loader, alive_versions};
 pub use model_config::{DeclaredInput, ModelConfig};
 
@@ -92,7 +97,7 @@ pub fn read_model(repo: &Path, name: &str) -> Result<ModelDir, RepositoryError> 
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|v| crate::runtime::model_file(&path.join(v.to_string())).is_file())
+        .filter(|v| sluice_runtime::model_file(&path.join(v.to_string())).is_file())
         .collect();
     versions.sort_unstable_by(|a, b| b.cmp(a));
     Ok(ModelDir {

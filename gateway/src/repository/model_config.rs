@@ -4,9 +4,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{RuntimeChoice, VersionPolicy};
-use crate::monitor::guard::{RolloutConfig, RolloutOverrides};
-use crate::tensor::{DataType, TensorSpec, format_dims};
+use super::VersionPolicy;
+use crate::rollout::{RolloutConfig, RolloutOverrides};
+use sluice_core::tensor::{DataType, TensorSpec, format_dims};
+use sluice_runtime::RuntimeChoice;
 
 /// Everything a model folder may override; unset fields fall back to the server config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -20,7 +21,7 @@ pub struct ModelConfig {
     pub instances: Option<usize>,
     /// Dynamic batching, e.g. `{ max_batch_size = 32, max_queue_delay_us = 200 }`, or
     /// `{ max_batch_size = 1 }` for none; defaults to `runtime.batching`.
-    pub batching: Option<crate::runtime::Batching>,
+    pub batching: Option<sluice_runtime::Batching>,
     /// Inputs the model must declare. A version whose file disagrees is refused at load time,
     /// so a wrongly exported model never replaces a good one.
     #[serde(default)]

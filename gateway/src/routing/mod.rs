@@ -3,8 +3,7 @@
 //! stores it, so readers never see half an update, and a request keeps the version it resolved
 //! (an `Arc`) until it ends, whatever is published meanwhile.
 
-pub mod compare;
-pub mod shadow;
+pub mod rollout;
 pub mod traffic;
 
 use std::collections::BTreeMap;
@@ -12,10 +11,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use traffic::{Traffic, TrafficPolicy, Variant};
+pub use rollout::{Decision, Phase, Rollout, RolloutState};
+pub use traffic::{Traffic, TrafficPolicy};
 
-use crate::error::{ServeError, ServeResult};
+use crate::telemetry::metrics as m;
+
 use crate::repository::LoadedVersion;
+use sluice_core::Variant;
+use sluice_core::error::{ServeError, ServeResult};
 
 /// Everything routing needs, as of one moment.
 #[derive(Clone, Debug, Default)]
@@ -31,7 +34,7 @@ pub struct ModelRoutes {
     pub traffic: Traffic,
     /// The latest guarded rollout, running or ended. While it runs it owns `traffic`: every
     /// step, promotion or rollback stores both together.
-    pub rollout: Option<Arc<crate::monitor::guard::Rollout>>,
+    pub rollout: Option<Arc<Rollout>>,
 }
 
 /// Where one request goes.
@@ -50,7 +53,7 @@ impl ModelRoutes {
     pub fn accept_traffic(&self, model: &str, policy: &TrafficPolicy) -> ServeResult<Traffic> {
         if let Some(rollout) = self.rollout.as_ref().filter(|r| r.is_active()) {
             return Err(ServeError::new(
-                crate::error::ErrorKind::Conflict,
+                sluice_core::error::ErrorKind::Conflict,
                 format!(
                     "model '{model}' has a rollout of version {} in progress; abort it \
                      first with DELETE /admin/v1/models/{model}/rollout",
@@ -124,7 +127,7 @@ impl Snapshot {
         match version {
             None => routes.primary_version().cloned().ok_or_else(|| {
                 ServeError::new(
-                    crate::error::ErrorKind::Unavailable,
+                    sluice_core::error::ErrorKind::Unavailable,
                     format!("model '{model}' has no loaded version"),
                 )
             }),
@@ -142,10 +145,61 @@ impl Snapshot {
     }
 }
 
+/// Changes of the snapshot: each returns the next snapshot and leaves `self` as it is, so that a
+/// [`Router::try_update`] can retry it on whatever snapshot is current.
+impl Snapshot {
+    /// `model` with a new traffic policy, checked as a whole against its loaded versions
+    /// (400 naming every problem; 409 while a rollout owns the traffic); also the traffic
+    /// stored.
+    pub fn with_traffic(
+        &self,
+        model: &str,
+        policy: &TrafficPolicy,
+    ) -> ServeResult<(Snapshot, Traffic)> {
+        let routes = self
+            .models
+            .get(model)
+            .ok_or_else(|| ServeError::unknown_model(model))?;
+        let traffic = routes.accept_traffic(model, policy)?;
+        let mut next = self.clone();
+        if let Some(routes) = next.models.get_mut(model) {
+            routes.traffic = traffic.clone();
+        }
+        Ok((next, traffic))
+    }
+
+    /// `model` with `rollout` as its rollout and the traffic the rollout implies, in one
+    /// snapshot: a reader never sees a rollback without its weight of zero.
+    pub fn with_rollout(&self, model: &str, rollout: Arc<Rollout>) -> ServeResult<Snapshot> {
+        let mut next = self.clone();
+        let routes = next
+            .models
+            .get_mut(model)
+            .ok_or_else(|| ServeError::unknown_model(model))?;
+        routes.traffic = rollout.traffic(&routes.traffic);
+        routes.rollout = Some(rollout);
+        Ok(next)
+    }
+
+    /// `model` served by `routes`, whatever it was before.
+    pub fn with_model(&self, model: &str, routes: ModelRoutes) -> Snapshot {
+        let mut next = self.clone();
+        next.models.insert(model.to_string(), routes);
+        next
+    }
+
+    /// The snapshot without `model`.
+    pub fn without_model(&self, model: &str) -> Snapshot {
+        let mut next = self.clone();
+        next.models.remove(model);
+        next
+    }
+}
+
 /// Versions are integers (Triton's rule); anything else in a URL is a client error.
 pub fn parse_version(text: &str) -> ServeResult<u64> {
     text.parse().map_err(|_| {
-        let shown = crate::error::truncate(text, crate::error::ECHO_MAX);
+        let shown = sluice_core::error::truncate(text, sluice_core::error::ECHO_MAX);
         if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
             ServeError::bad_request(format!(
                 "version '{shown}' is too large: versions are integers up to {}",
@@ -199,7 +253,7 @@ impl Router {
             let next = Arc::new(change(&current)?);
             let previous = self.current.compare_and_swap(&current, next);
             if Arc::ptr_eq(&previous, &current) {
-                crate::monitor::metrics::record_snapshot(&current, &self.current.load());
+                publish_gauges(&current, &self.current.load());
                 return Ok(());
             }
         }
@@ -209,6 +263,36 @@ impl Router {
     /// Concurrent updates are retried, never lost.
     pub fn update(&self, mut change: impl FnMut(&Snapshot) -> Snapshot) {
         let previous = self.current.rcu(|current| change(current));
-        crate::monitor::metrics::record_snapshot(&previous, &self.current.load());
+        publish_gauges(&previous, &self.current.load());
+    }
+}
+
+/// Publishes the loaded-version gauges for a newly stored snapshot.
+fn publish_gauges(previous: &Snapshot, next: &Snapshot) {
+    for name in previous
+        .models
+        .keys()
+        .filter(|m| !next.models.contains_key(*m))
+    {
+        metrics::gauge!(m::LOADED_VERSIONS, "model" => name.clone()).set(0.0);
+    }
+    for (name, routes) in &next.models {
+        let weight = routes
+            .traffic
+            .canary
+            .map(|(_, points)| points as f64 / 100.0);
+        metrics::gauge!(m::CANARY_WEIGHT, "model" => name.clone()).set(weight.unwrap_or(0.0));
+        let rate = routes.traffic.shadow.map(|(_, rate)| rate);
+        metrics::gauge!(m::SHADOW_SAMPLE_RATE, "model" => name.clone()).set(rate.unwrap_or(0.0));
+        metrics::gauge!(m::LOADED_VERSIONS, "model" => name.clone())
+            .set(routes.versions.len() as f64);
+        if let Some(rollout) = &routes.rollout {
+            metrics::gauge!(m::ROLLOUT_WEIGHT, "model" => name.clone()).set(rollout.weight());
+            for state in RolloutState::ALL {
+                let current = if state == rollout.state { 1.0 } else { 0.0 };
+                metrics::gauge!(m::ROLLOUT_STATE, "model" => name.clone(), "state" => state.as_str())
+                    .set(current);
+            }
+        }
     }
 }

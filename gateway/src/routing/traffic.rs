@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ModelRoutes;
+use sluice_core::request::stable_hash;
 
 /// Canary weights are kept in basis points of a percent: 0.01 % resolution.
 const WEIGHT_SCALE: f64 = 100.0;
@@ -66,28 +67,6 @@ pub struct Traffic {
     pub canary: Option<(u64, u64)>,
     pub shadow: Option<(u64, f64)>,
     pub sticky_key: Option<String>,
-}
-
-/// Which side of the split answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Variant {
-    Primary,
-    Canary,
-    /// The request named its version; the split was bypassed.
-    Direct,
-    Shadow,
-}
-
-impl Variant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Primary => "primary",
-            Variant::Canary => "canary",
-            Variant::Direct => "direct",
-            Variant::Shadow => "shadow",
-        }
-    }
 }
 
 impl TrafficPolicy {
@@ -209,19 +188,6 @@ impl Traffic {
         self.canary = self.canary.filter(|(v, _)| loaded(*v));
         self.shadow = self.shadow.filter(|(v, _)| loaded(*v));
     }
-}
-
-/// FNV-1a then a SplitMix64 finaliser: fixed across processes and releases (replicas must agree
-/// on where a key lands), and well spread in the low digits the split uses.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^ (hash >> 31)
 }
 
 #[cfg(test)]

@@ -13,13 +13,12 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use super::http::{HttpState, authorized_json, json_ok, read_body};
-use crate::error::{ServeError, ServeResult};
 use crate::lifecycle::{IndexEntry, ModelState};
-use crate::predlog::{Event, EventKind};
 use crate::repository::LoadedVersion;
-use crate::routing::compare::ShadowSummary;
 use crate::routing::{ModelRoutes, TrafficPolicy};
-use crate::tensor::TensorSpec;
+use crate::telemetry::compare::ShadowSummary;
+use sluice_core::error::{ServeError, ServeResult};
+use sluice_core::tensor::TensorSpec;
 
 type AppState = State<Arc<HttpState>>;
 
@@ -108,12 +107,9 @@ async fn load(
                 .map_err(|e| ServeError::bad_request(format!("invalid load request: {e}")))?
         };
         if let Some(key) = request.parameters.keys().next() {
-            return Err(crate::protocol::unsupported_load_parameter(key));
+            return Err(sluice_protocol::unsupported_load_parameter(key));
         }
-        let report = match &state.fleet {
-            Some(fleet) => fleet.load(&model, &actor).await?,
-            None => state.models.load(&model, &actor).await?,
-        };
+        let report = state.control.load(&model, &actor).await?;
         Ok::<_, ServeError>(json_ok(&report))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -127,10 +123,7 @@ async fn unload(
 ) -> Response {
     let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
-        match &state.fleet {
-            Some(fleet) => fleet.unload(&model, &actor).await?,
-            None => state.models.unload(&model, &actor).await?,
-        }
+        state.control.unload(&model, &actor).await?;
         Ok::<_, ServeError>(json_ok(
             &serde_json::json!({ "model": model, "unloaded": true }),
         ))
@@ -266,28 +259,7 @@ async fn set_traffic(
     let run = async {
         let (actor, policy): (_, TrafficPolicy) =
             authorized_json(&state, &headers, peer, body, "traffic policy").await?;
-        if let Some(fleet) = &state.fleet {
-            return Ok(json_ok(&fleet.set_traffic(&model, &policy, &actor).await?));
-        }
-        let mut applied = None;
-        state.models.router().try_update(|snapshot| {
-            let routes = snapshot
-                .models
-                .get(&model)
-                .ok_or_else(|| ServeError::unknown_model(&model))?;
-            let traffic = routes.accept_traffic(&model, &policy)?;
-            let mut next = snapshot.clone();
-            if let Some(routes) = next.models.get_mut(&model) {
-                routes.traffic = traffic.clone();
-            }
-            applied = Some(traffic);
-            Ok::<_, ServeError>(next)
-        })?;
-        let in_force = applied.map(|t| t.to_policy()).unwrap_or_default();
-        state.models.events().event(
-            Event::new(EventKind::Traffic, &model, &actor, "traffic policy changed")
-                .details(serde_json::to_value(&in_force).unwrap_or_default()),
-        );
+        let in_force = state.control.set_traffic(&model, &policy, &actor).await?;
         Ok::<_, ServeError>(json_ok(&in_force))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -302,9 +274,9 @@ struct StatsQuery {
 #[derive(Serialize)]
 struct VariantStats {
     version: u64,
-    variant: crate::routing::Variant,
+    variant: sluice_core::Variant,
     #[serde(flatten)]
-    stats: crate::monitor::window::WindowStats,
+    stats: crate::telemetry::window::WindowStats,
 }
 
 /// Drift of one version over its drift window (`drift.window`, not the stats span).
@@ -312,7 +284,7 @@ struct VariantStats {
 struct VersionDrift {
     version: u64,
     #[serde(flatten)]
-    report: crate::monitor::drift::DriftReport,
+    report: crate::drift::DriftReport,
 }
 
 /// p50/p90/p99, request rate and server-side error rate per version and variant over a recent
@@ -337,10 +309,10 @@ async fn model_stats(
         let mut series = Vec::new();
         for version in routes.versions.values().rev() {
             for variant in [
-                crate::routing::Variant::Primary,
-                crate::routing::Variant::Canary,
-                crate::routing::Variant::Direct,
-                crate::routing::Variant::Shadow,
+                sluice_core::Variant::Primary,
+                sluice_core::Variant::Canary,
+                sluice_core::Variant::Direct,
+                sluice_core::Variant::Shadow,
             ] {
                 let stats = version.windows.get(variant).stats(span);
                 if stats.requests > 0 {

@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AdminConfig;
-use crate::error::{ErrorKind, ServeError};
+use super::AdminConfig;
 use crate::lifecycle::Actor;
+use sluice_core::error::{ErrorKind, ServeError};
 
 #[derive(Clone)]
 pub struct AdminAuth {

@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{byte_size, human_duration};
-use crate::monitor::metrics;
+use crate::telemetry::metrics;
+use sluice_core::units::{byte_size, human_duration};
 
 /// Limits on the connections of every listener (`[server.connections]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]

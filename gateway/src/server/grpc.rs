@@ -3,7 +3,7 @@
 //!
 //! Like the HTTP handlers, every RPC only decodes, calls the core ([`Inference`] for inference,
 //! [`ModelManager`] for the repository), and encodes; errors become a `tonic::Status` through the
-//! one kind-to-code table in [`crate::error`].
+//! one kind-to-code table in [`sluice_core::error`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use tonic_health::server::HealthReporter;
 
 use super::auth::AdminAuth;
 use super::connections::ConnectionConfig;
-use crate::error::{ErrorKind, ServeResult};
 use crate::infer::Inference;
 use crate::lifecycle::{Actor, ModelManager};
-use crate::protocol::grpc::{self as codec, proto};
-use crate::protocol::v2::SERVER_METADATA;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use sluice_core::error::{ErrorKind, ServeResult};
+use sluice_protocol::grpc::{self as codec, proto};
+use sluice_protocol::v2::SERVER_METADATA;
 
 /// The service name health checks use for the inference service.
 const SERVICE_NAME: &str = "inference.GRPCInferenceService";
@@ -37,8 +37,8 @@ pub struct GrpcState {
     pub max_message_size: usize,
     /// Gatekeeper for the repository load/unload calls, the same as the HTTP admin API's.
     pub auth: AdminAuth,
-    /// In a fleet, loads and unloads go through the control topic.
-    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Where loads and unloads go (this node, or the fleet's control topic).
+    pub control: Arc<dyn crate::control::ModelControl>,
 }
 
 /// The gRPC listener, built and ready to serve.
@@ -155,7 +155,7 @@ fn version_of(version: &str) -> Option<&str> {
 }
 
 fn required<'a>(field: &str, value: &'a str) -> ServeResult<&'a str> {
-    crate::protocol::check_name(field, value)
+    sluice_protocol::check_name(field, value)
 }
 
 #[tonic::async_trait]
@@ -223,7 +223,9 @@ impl GrpcInferenceService for InferenceService {
                 .map(|routes| routes.versions.keys().map(u64::to_string).collect())
                 .unwrap_or_default(),
         };
-        Ok(Response::new(codec::model_metadata(&target, versions)))
+        Ok(Response::new(codec::model_metadata(
+            target.metadata(versions),
+        )))
     }
 
     async fn model_infer(
@@ -268,13 +270,10 @@ impl GrpcInferenceService for InferenceService {
         // Triton's load parameters replace the model's config or files for this load; sluice
         // always loads what is on disk, so it refuses them rather than ignore them.
         if let Some(key) = request.parameters.keys().next() {
-            return Err(crate::protocol::unsupported_load_parameter(key).into());
+            return Err(sluice_protocol::unsupported_load_parameter(key).into());
         }
         let model = required("model_name", &request.model_name)?;
-        match &self.0.fleet {
-            Some(fleet) => fleet.load(model, &actor).await?,
-            None => self.0.models.load(model, &actor).await?,
-        };
+        self.0.control.load(model, &actor).await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -285,10 +284,7 @@ impl GrpcInferenceService for InferenceService {
         let actor = self.authorize(&request)?;
         let request = request.into_inner();
         let model = required("model_name", &request.model_name)?;
-        match &self.0.fleet {
-            Some(fleet) => fleet.unload(model, &actor).await?,
-            None => self.0.models.unload(model, &actor).await?,
-        }
+        self.0.control.unload(model, &actor).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
 }

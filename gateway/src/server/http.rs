@@ -13,10 +13,10 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
-use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::infer::Inference;
 use crate::lifecycle::ModelManager;
-use crate::protocol::{binary, v1, v2};
+use sluice_core::error::{ErrorKind, ServeError, ServeResult};
+use sluice_protocol::{binary, v1, v2};
 
 /// Response header naming the version that answered.
 pub const MODEL_VERSION_HEADER: &str = "sluice-model-version";
@@ -36,9 +36,9 @@ pub struct HttpState {
     /// Gatekeeper for mutating calls.
     pub auth: super::auth::AdminAuth,
     /// Runs guarded rollouts.
-    pub guard: Arc<crate::monitor::guard::Guard>,
-    /// In a fleet, changes go through the control topic.
-    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    pub guard: Arc<crate::controllers::Guard>,
+    /// Where every change of a model goes (this node, or the fleet's control topic).
+    pub control: Arc<dyn crate::control::ModelControl>,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -75,9 +75,18 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Wraps a non-JSON error answer's text as `{"error": ...}`, keeping its status.
-async fn json_errors(response: Response) -> Response {
+/// Wraps a non-JSON error answer's text as `{"error": ...}`, keeping its status; and marks a
+/// body-timeout answer (408) so that the connection closes after it: the rest of the body may
+/// never come, so the connection cannot carry another request.
+async fn json_errors(mut response: Response) -> Response {
     let status = response.status();
+    if status == StatusCode::REQUEST_TIMEOUT {
+        response
+            .extensions_mut()
+            .insert(super::connections::CloseAfterResponse(
+                super::connections::CloseReason::BodyTimeout,
+            ));
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -113,32 +122,6 @@ async fn json_errors(response: Response) -> Response {
         }
     }
     json
-}
-
-impl IntoResponse for ServeError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from(self.kind);
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
-        let mut response = json_response(status, body);
-        if let Some(secs) = self.kind.retry_after_secs() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.kind == ErrorKind::BodyTimeout {
-            // The rest of the body may never come: the connection cannot carry another request.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-                .extensions_mut()
-                .insert(super::connections::CloseAfterResponse(
-                    super::connections::CloseReason::BodyTimeout,
-                ));
-        }
-        response
-    }
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -283,7 +266,7 @@ fn metadata(state: &HttpState, model: &str, version: Option<&str>) -> ServeResul
             .map(|routes| routes.versions.keys().map(u64::to_string).collect())
             .unwrap_or_default(),
     };
-    Ok(json_ok(&v2::ModelMetadata::new(&target, versions)))
+    Ok(json_ok(&target.metadata(versions)))
 }
 
 async fn model_metadata(State(state): AppState, Path(model): Path<String>) -> Response {
@@ -380,7 +363,7 @@ fn check_encoded_size(state: &HttpState, len: usize) -> ServeResult<()> {
 }
 
 /// Says which version and which side of the traffic split answered.
-fn stamp_version(http: &mut Response, response: &crate::infer::InferResponse) {
+fn stamp_version(http: &mut Response, response: &sluice_core::InferResponse) {
     let headers = http.headers_mut();
     headers.insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
     headers.insert(
@@ -409,18 +392,18 @@ async fn v1_predict(
     let run = async {
         let (model, version) = parse_v1_target(&target)?;
         let body = read_body(&state, &headers, body).await?;
-        let keys = crate::infer::RequestKeys {
+        let keys = sluice_core::RequestKeys {
             headers,
             parameters: Vec::new(),
         };
         // V1 has no datatypes: decode against the signature of the very version that runs it.
         let route = state.inference.route(&model, version.as_deref(), &keys)?;
         let (inputs, format) = v1::decode(&body, &route.target.signature)?;
-        let request = crate::infer::InferRequest {
+        let request = sluice_core::InferRequest {
             model,
             version,
             inputs,
-            protocol: crate::monitor::metrics::Protocol::V1,
+            protocol: sluice_core::Protocol::V1,
             keys,
             ..Default::default()
         };

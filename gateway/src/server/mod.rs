@@ -1,270 +1,25 @@
-//! Listeners and their lifecycle: bind, serve, and drain on shutdown.
+//! The listeners: HTTP (KServe v2, V1, the admin API), gRPC and metrics, and how each serves
+//! until it is drained. [`crate::app`] wires them to the rest at start-up.
 
 pub mod admin;
 pub mod auth;
+mod config;
 pub mod connections;
 pub mod grpc;
 pub mod http;
 mod rollouts;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::infer::Inference;
-use crate::lifecycle::ModelManager;
-use crate::predlog::{CloseReport, PredictionLog};
-use crate::repository::Loader;
-use crate::routing::{Router, Snapshot};
-
-/// A running sluice: its bound addresses and the means to stop it.
-pub struct Server {
-    pub http_addr: SocketAddr,
-    pub grpc_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub models: Arc<ModelManager>,
-    pub log: PredictionLog,
-    drain: Duration,
-    shutdown: watch::Sender<bool>,
-    /// When shutdown was asked for: the prediction log's flush shares the drain deadline.
-    stopping_since: std::sync::Mutex<Option<std::time::Instant>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Loads the repository, binds every listener and starts serving. Returns once the server
-    /// is ready; ports given as 0 are resolved in the returned addresses.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let host: std::net::IpAddr = config
-            .server
-            .host
-            .parse()
-            .with_context(|| format!("server.host '{}'", config.server.host))?;
-        let http_listener = TcpListener::bind((host, config.server.http_port))
-            .await
-            .with_context(|| format!("cannot bind HTTP port {}", config.server.http_port))?;
-        let http_addr = http_listener.local_addr()?;
-        let grpc_listener = TcpListener::bind((host, config.server.grpc_port))
-            .await
-            .with_context(|| format!("cannot bind gRPC port {}", config.server.grpc_port))?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let metrics_listener = TcpListener::bind((host, config.server.metrics_port))
-            .await
-            .with_context(|| format!("cannot bind metrics port {}", config.server.metrics_port))?;
-        let metrics_addr = metrics_listener.local_addr()?;
-        let metrics = crate::monitor::metrics::install();
-
-        let loader = Arc::new(Loader::new(&config));
-        match loader.runtimes().ort_status() {
-            Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime available"),
-            Err(reason) => {
-                tracing::info!(%reason, "ONNX Runtime unavailable; tract serves every model")
-            }
-        }
-        let log = PredictionLog::start(&config.prediction_log)
-            .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
-        let router = Arc::new(Router::new(Snapshot::default()));
-        let models = Arc::new(
-            ModelManager::new(loader, Arc::clone(&router), log.clone())
-                .with_rollout_defaults(config.rollout.clone()),
-        );
-        let ready = Arc::new(AtomicBool::new(false));
-        let shadow = crate::routing::shadow::Shadower::start(
-            config.traffic.shadow_workers,
-            config.traffic.shadow_queue,
-            config.server.request_timeout,
-            log.clone(),
-        );
-        let inference = Arc::new(
-            Inference::new(
-                Arc::clone(&router),
-                config.server.request_timeout,
-                shadow,
-                log.clone(),
-                config.server.max_concurrent_requests,
-            )
-            .with_max_response_size(
-                usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
-            ),
-        );
-        let fleet = crate::fleet::Fleet::connect(&config, Arc::clone(&models))
-            .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
-        let fleet_handle = fleet.as_ref().map(|(fleet, _)| Arc::clone(fleet));
-        let guard = Arc::new(
-            crate::monitor::guard::Guard::new(
-                router,
-                log.clone(),
-                Arc::clone(&inference),
-                config.rollout.clone(),
-            )
-            .with_fleet(fleet_handle.clone()),
-        );
-        let (shutdown, _) = watch::channel(false);
-
-        let admin_auth =
-            auth::AdminAuth::from_config(&config.admin).context("cannot read admin.token_file")?;
-        let grpc = grpc::GrpcListener::new(grpc::GrpcState {
-            inference: Arc::clone(&inference),
-            models: Arc::clone(&models),
-            ready: Arc::clone(&ready),
-            max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
-            auth: admin_auth.clone(),
-            fleet: fleet_handle.clone(),
-        })
-        .await;
-        let grpc_health = grpc.health();
-        let app = http::routes(Arc::new(http::HttpState {
-            inference,
-            models: Arc::clone(&models),
-            ready: Arc::clone(&ready),
-            max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
-            max_response_size: usize::try_from(config.server.max_response_size)
-                .unwrap_or(usize::MAX),
-            body_read_timeout: config.server.connections.body_read_timeout,
-            auth: admin_auth,
-            guard: Arc::clone(&guard),
-            fleet: fleet_handle.clone(),
-        }));
-        let drain = config.server.drain_timeout;
-        let limits = &config.server.connections;
-        let mut tasks = vec![
-            tokio::spawn(serve_until_drained(
-                http_listener,
-                connections::Listener {
-                    name: "http",
-                    service: app,
-                    http2_only: false,
-                    config: limits.clone(),
-                },
-                shutdown.subscribe(),
-                drain,
-            )),
-            tokio::spawn(serve_until_drained(
-                metrics_listener,
-                connections::Listener {
-                    name: "metrics",
-                    service: metrics_routes(metrics),
-                    http2_only: false,
-                    config: limits.clone(),
-                },
-                shutdown.subscribe(),
-                drain,
-            )),
-        ];
-
-        tasks.push(tokio::spawn(grpc.serve(
-            grpc_listener,
-            limits.clone(),
-            config.server.request_timeout,
-            shutdown.subscribe(),
-            drain,
-        )));
-
-        match fleet {
-            // A replica of a fleet serves what the control topic says, so it reads the topic
-            // before it reports ready.
-            Some((fleet, mut feed)) => {
-                fleet
-                    .catch_up(&mut feed)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
-                tasks.push(tokio::spawn(fleet.run(feed, shutdown.subscribe())));
-            }
-            None => models.load_all().await?,
-        }
-        if let Some(interval) = config.repository.poll_interval {
-            tasks.push(tokio::spawn(crate::lifecycle::poll(
-                Arc::clone(&models),
-                fleet_handle,
-                interval,
-                shutdown.subscribe(),
-            )));
-        }
-        tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
-        if config.drift.enabled {
-            tasks.push(spawn_drift_evaluator(&config, &models, &shutdown)?);
-        }
-        ready.store(true, Ordering::Release);
-        grpc::set_serving(&grpc_health, true).await;
-        tracing::info!(
-            http = %http_addr,
-            grpc = %grpc_addr,
-            metrics = %metrics_addr,
-            "sluice is ready"
-        );
-        Ok(Server {
-            http_addr,
-            grpc_addr,
-            metrics_addr,
-            models,
-            log,
-            drain,
-            shutdown,
-            stopping_since: std::sync::Mutex::new(None),
-            tasks,
-        })
-    }
-
-    /// Stops accepting connections; in-flight requests finish (bounded by the drain timeout).
-    pub fn shutdown(&self) {
-        if let Ok(mut since) = self.stopping_since.lock() {
-            since.get_or_insert_with(std::time::Instant::now);
-        }
-        let _ = self.shutdown.send(true);
-    }
-
-    /// Waits until every listener has drained, then flushes the prediction log within what
-    /// is left of the drain timeout (at least a second).
-    pub async fn wait(self) -> CloseReport {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let since = self
-            .stopping_since
-            .lock()
-            .ok()
-            .and_then(|s| *s)
-            .unwrap_or_else(std::time::Instant::now);
-        let left = self
-            .drain
-            .saturating_sub(since.elapsed())
-            .max(Duration::from_secs(1));
-        let log = self.log;
-        tokio::task::spawn_blocking(move || log.close(left))
-            .await
-            .unwrap_or_default()
-    }
-}
-
-/// Starts the drift evaluator. Alerts go to the log and to every sink here: the webhook when
-/// one is configured (further sinks, e.g. the events topic, are added to this list).
-fn spawn_drift_evaluator(
-    config: &Config,
-    models: &ModelManager,
-    shutdown: &watch::Sender<bool>,
-) -> anyhow::Result<JoinHandle<()>> {
-    use crate::monitor::drift::{DriftAlertSink, Evaluator, WebhookSink};
-    let mut sinks: Vec<Arc<dyn DriftAlertSink>> = vec![Arc::new(models.events().clone())];
-    if let Some(url) = &config.drift.webhook_url {
-        let webhook = WebhookSink::new(url, config.drift.webhook_timeout)
-            .context("cannot build the drift webhook client")?;
-        sinks.push(Arc::new(webhook));
-    }
-    let evaluator = Evaluator::new(Arc::clone(models.router()), &config.drift, sinks);
-    Ok(tokio::spawn(
-        evaluator.run(config.drift.evaluate_interval, shutdown.subscribe()),
-    ))
-}
+pub use config::{AdminConfig, ServerConfig};
 
 /// The metrics listener: Prometheus text exposition at `/metrics`.
-fn metrics_routes(handle: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+pub(crate) fn metrics_routes(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -285,7 +40,7 @@ fn metrics_routes(handle: metrics_exporter_prometheus::PrometheusHandle) -> axum
 /// Serves until shutdown is signalled, then lets open requests finish for at most `drain`.
 /// The connection loop gives handlers the peer address, which is how a mutation without a
 /// configured token is limited to loopback.
-async fn serve_until_drained(
+pub(crate) async fn serve_until_drained(
     listener: TcpListener,
     serving: connections::Listener<axum::Router>,
     mut shutdown: watch::Receiver<bool>,

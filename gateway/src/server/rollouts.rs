@@ -15,9 +15,9 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use super::http::{HttpState, authorized_json, json_ok};
-use crate::error::ServeError;
-use crate::monitor::guard::state::Decision;
-use crate::monitor::guard::{Assessment, Rollout, RolloutOverrides, RolloutPlan, RolloutState};
+use crate::rollout::{Assessment, RolloutOverrides, RolloutPlan};
+use crate::routing::{Decision, Phase, Rollout, RolloutState};
+use sluice_core::error::ServeError;
 
 type AppState = State<Arc<HttpState>>;
 
@@ -64,7 +64,7 @@ fn view<'a>(model: &'a str, r: &'a Rollout, comparison: Option<Assessment>) -> R
         state: r.state,
         phase: r.phase.as_str(),
         step_index: match r.phase {
-            crate::monitor::guard::Phase::Step(i) => Some(i),
+            Phase::Step(i) => Some(i),
             _ => None,
         },
         weight: r.weight(),
@@ -91,14 +91,7 @@ async fn start(
     let run = async {
         let (actor, request): (_, RolloutOverrides) =
             authorized_json(&state, &headers, peer, body, "rollout").await?;
-        let rollout = match &state.fleet {
-            Some(fleet) => {
-                fleet
-                    .start_rollout(&state.guard, &model, &request, &actor)
-                    .await?
-            }
-            None => state.guard.start(&model, &request, &actor.0)?,
-        };
+        let rollout = state.guard.start(&model, &request, &actor).await?;
         let body = json_ok(&view(&model, &rollout, None));
         Ok::<_, ServeError>((StatusCode::CREATED, body).into_response())
     };
@@ -121,10 +114,7 @@ async fn abort(
 ) -> Response {
     let run = async {
         let actor = state.auth.authorize(&headers, peer)?;
-        let rollout = match &state.fleet {
-            Some(fleet) => fleet.abort_rollout(&state.guard, &model, &actor).await?,
-            None => state.guard.abort(&model, &actor.0)?,
-        };
+        let rollout = state.guard.abort(&model, &actor).await?;
         Ok::<_, ServeError>(json_ok(&view(&model, &rollout, None)))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

@@ -7,7 +7,8 @@ pub mod kafka;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sluice::config::{Config, RuntimeChoice};
+use sluice::config::Config;
+use sluice_runtime::RuntimeChoice;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -24,7 +25,7 @@ pub fn bench_repo() -> PathBuf {
 /// Whether ONNX Runtime can be used. CI sets `SLUICE_REQUIRE_ORT=1` so that a missing library
 /// fails the run instead of silently testing tract only.
 pub fn ort_available() -> bool {
-    let found = sluice::runtime::find_ort_library(None).is_some();
+    let found = sluice_runtime::find_ort_library(None).is_some();
     if !found && std::env::var("SLUICE_REQUIRE_ORT").is_ok_and(|v| v == "1") {
         panic!("SLUICE_REQUIRE_ORT=1 but no ONNX Runtime library was found (scripts/fetch-ort.sh)");
     }

@@ -1,0 +1,381 @@
+//! JSON tensor data, flat or nested, decoded in one streaming pass into a flat typed buffer
+//! plus the shape its nesting implies. Used by v2 (`data`) and V1 (`instances` / `inputs`).
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+
+use sluice_core::error::{ServeError, ServeResult};
+use sluice_core::tensor::{DataType, TensorData};
+
+/// The scalars of a JSON array, in row-major order, in the narrowest form that holds them all.
+#[derive(Debug, Default, PartialEq)]
+pub enum JsonValues {
+    #[default]
+    Empty,
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+    Bools(Vec<bool>),
+    Strings(Vec<Vec<u8>>),
+}
+
+/// A decoded JSON array: its scalars and the dimensions of its nesting (`[[1,2],[3,4]]` has
+/// dims `[2, 2]`; a flat array one dim; a bare scalar none).
+#[derive(Debug, Default, PartialEq)]
+pub struct JsonTensor {
+    pub values: JsonValues,
+    pub dims: Vec<usize>,
+}
+
+impl JsonTensor {
+    pub fn len(&self) -> usize {
+        match &self.values {
+            JsonValues::Empty => 0,
+            JsonValues::Ints(v) => v.len(),
+            JsonValues::Floats(v) => v.len(),
+            JsonValues::Bools(v) => v.len(),
+            JsonValues::Strings(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Converts the scalars to `datatype`, naming `input` in any error.
+    pub fn into_data(self, datatype: DataType, input: &str) -> ServeResult<TensorData> {
+        let mismatch = |found: &str| {
+            ServeError::bad_request(format!(
+                "input '{input}': datatype {datatype} cannot hold {found} values"
+            ))
+        };
+        Ok(match (self.values, datatype) {
+            (JsonValues::Empty, dt) => TensorData::with_capacity(dt, 0),
+            (JsonValues::Floats(v), DataType::F32) => TensorData::F32(to_f32(v, input)?),
+            (JsonValues::Floats(v), DataType::F64) => TensorData::F64(v),
+            (JsonValues::Ints(v), DataType::F32) => {
+                TensorData::F32(v.into_iter().map(|x| x as f32).collect())
+            }
+            (JsonValues::Ints(v), DataType::F64) => {
+                TensorData::F64(v.into_iter().map(|x| x as f64).collect())
+            }
+            (JsonValues::Ints(v), DataType::I64) => TensorData::I64(v),
+            (JsonValues::Ints(v), dt) if dt != DataType::Bool && dt != DataType::Bytes => {
+                narrow(v, dt, input)?
+            }
+            (JsonValues::Floats(_), _) => return Err(mismatch("fractional")),
+            (JsonValues::Bools(v), DataType::Bool) => TensorData::Bool(v),
+            (JsonValues::Bools(_), _) => return Err(mismatch("boolean")),
+            (JsonValues::Strings(v), DataType::Bytes) => TensorData::Bytes(v),
+            (JsonValues::Strings(_), _) => return Err(mismatch("string")),
+            (JsonValues::Ints(_), _) => return Err(mismatch("integer")),
+        })
+    }
+}
+
+/// JSON numbers into FP32, refusing values beyond its range (`1e39` would become infinity).
+fn to_f32(values: Vec<f64>, input: &str) -> ServeResult<Vec<f32>> {
+    values
+        .into_iter()
+        .map(|x| {
+            let narrowed = x as f32;
+            if narrowed.is_infinite() && x.is_finite() {
+                Err(ServeError::bad_request(format!(
+                    "input '{input}': value {x:e} is out of range for FP32 (at most {:e})",
+                    f32::MAX
+                )))
+            } else {
+                Ok(narrowed)
+            }
+        })
+        .collect()
+}
+
+/// Integers into a narrower integer type, refusing values out of its range.
+fn narrow(values: Vec<i64>, datatype: DataType, input: &str) -> ServeResult<TensorData> {
+    Ok(match datatype {
+        DataType::U8 => TensorData::U8(super::narrow(input, datatype, values)?),
+        DataType::U16 => TensorData::U16(super::narrow(input, datatype, values)?),
+        DataType::U32 => TensorData::U32(super::narrow(input, datatype, values)?),
+        DataType::U64 => TensorData::U64(super::narrow(input, datatype, values)?),
+        DataType::I8 => TensorData::I8(super::narrow(input, datatype, values)?),
+        DataType::I16 => TensorData::I16(super::narrow(input, datatype, values)?),
+        DataType::I32 => TensorData::I32(super::narrow(input, datatype, values)?),
+        DataType::I64 => TensorData::I64(values),
+        other => {
+            return Err(ServeError::bad_request(format!(
+                "input '{input}': datatype {other} cannot hold integer values"
+            )));
+        }
+    })
+}
+
+impl<'de> serde::Deserialize<'de> for JsonTensor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut builder = Builder::default();
+        Level {
+            builder: &mut builder,
+            depth: 0,
+        }
+        .deserialize(deserializer)?;
+        Ok(JsonTensor {
+            values: builder.values,
+            dims: builder.dims.into_iter().map(|d| d.unwrap_or(0)).collect(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    values: JsonValues,
+    dims: Vec<Option<usize>>,
+    /// Depth at which scalars sit; every scalar must sit at the same depth.
+    leaf_depth: Option<usize>,
+}
+
+impl Builder {
+    fn leaf<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        match self.leaf_depth {
+            None => {
+                self.leaf_depth = Some(depth);
+                Ok(())
+            }
+            Some(d) if d == depth => Ok(()),
+            Some(_) => Err(E::custom("ragged data: nested arrays of different depths")),
+        }
+    }
+
+    fn push_int<E: de::Error>(&mut self, x: i64) -> Result<(), E> {
+        match &mut self.values {
+            JsonValues::Empty => self.values = JsonValues::Ints(vec![x]),
+            JsonValues::Ints(v) => v.push(x),
+            JsonValues::Floats(v) => v.push(x as f64),
+            _ => return Err(E::custom("data mixes numbers with other kinds of values")),
+        }
+        Ok(())
+    }
+
+    fn push_float<E: de::Error>(&mut self, x: f64) -> Result<(), E> {
+        match &mut self.values {
+            JsonValues::Empty => self.values = JsonValues::Floats(vec![x]),
+            JsonValues::Floats(v) => v.push(x),
+            JsonValues::Ints(v) => {
+                let mut floats: Vec<f64> = v.iter().map(|&i| i as f64).collect();
+                floats.push(x);
+                self.values = JsonValues::Floats(floats);
+            }
+            _ => return Err(E::custom("data mixes numbers with other kinds of values")),
+        }
+        Ok(())
+    }
+
+    fn push_bool<E: de::Error>(&mut self, x: bool) -> Result<(), E> {
+        match &mut self.values {
+            JsonValues::Empty => self.values = JsonValues::Bools(vec![x]),
+            JsonValues::Bools(v) => v.push(x),
+            _ => return Err(E::custom("data mixes booleans with other kinds of values")),
+        }
+        Ok(())
+    }
+
+    fn push_string<E: de::Error>(&mut self, x: Vec<u8>) -> Result<(), E> {
+        match &mut self.values {
+            JsonValues::Empty => self.values = JsonValues::Strings(vec![x]),
+            JsonValues::Strings(v) => v.push(x),
+            _ => return Err(E::custom("data mixes strings with other kinds of values")),
+        }
+        Ok(())
+    }
+}
+
+/// Visits one nesting level of the array.
+struct Level<'b> {
+    builder: &'b mut Builder,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Level<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Level<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of numbers, booleans or strings (flat or nested)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(leaf) = self.builder.leaf_depth
+            && leaf <= self.depth
+        {
+            return Err(de::Error::custom(
+                "ragged data: nested arrays of different depths",
+            ));
+        }
+        let mut count = 0usize;
+        while seq
+            .next_element_seed(Level {
+                builder: self.builder,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {
+            count += 1;
+        }
+        // Inner arrays finish before outer ones, so a level's slot may not exist yet.
+        let dims = &mut self.builder.dims;
+        if dims.len() <= self.depth {
+            dims.resize(self.depth + 1, None);
+        }
+        match dims[self.depth] {
+            None => dims[self.depth] = Some(count),
+            Some(seen) if seen != count => {
+                return Err(de::Error::custom(format!(
+                    "ragged data: arrays at depth {} have different lengths",
+                    self.depth + 1
+                )));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        self.builder.push_int(x)
+    }
+
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        match i64::try_from(x) {
+            Ok(i) => self.builder.push_int(i),
+            Err(_) => Err(E::custom(format!("integer {x} is too large"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        self.builder.push_float(x)
+    }
+
+    fn visit_bool<E: de::Error>(self, x: bool) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        self.builder.push_bool(x)
+    }
+
+    fn visit_str<E: de::Error>(self, x: &str) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        self.builder.push_string(x.as_bytes().to_vec())
+    }
+
+    fn visit_string<E: de::Error>(self, x: String) -> Result<(), E> {
+        self.builder.leaf(self.depth)?;
+        self.builder.push_string(x.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<JsonTensor, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn flat_and_nested() {
+        let flat = parse("[1, 2, 3]").unwrap();
+        assert_eq!(flat.values, JsonValues::Ints(vec![1, 2, 3]));
+        assert_eq!(flat.dims, vec![3]);
+        let nested = parse("[[1.5, 2], [3, 4]]").unwrap();
+        assert_eq!(nested.values, JsonValues::Floats(vec![1.5, 2.0, 3.0, 4.0]));
+        assert_eq!(nested.dims, vec![2, 2]);
+        let strings = parse(r#"[["a"], ["b"]]"#).unwrap();
+        assert_eq!(strings.dims, vec![2, 1]);
+        assert_eq!(parse("[]").unwrap().dims, vec![0]);
+    }
+
+    #[test]
+    fn ragged_and_mixed_are_refused() {
+        assert!(
+            parse("[[1, 2], [3]]")
+                .unwrap_err()
+                .to_string()
+                .contains("ragged")
+        );
+        assert!(
+            parse("[[1, 2], 3]")
+                .unwrap_err()
+                .to_string()
+                .contains("ragged")
+        );
+        assert!(
+            parse("[1, [2]]")
+                .unwrap_err()
+                .to_string()
+                .contains("ragged")
+        );
+        assert!(
+            parse("[1, true]")
+                .unwrap_err()
+                .to_string()
+                .contains("mixes")
+        );
+        assert!(parse(r#"[1, {"a": 1}]"#).is_err());
+    }
+
+    #[test]
+    fn conversions() {
+        let ints = || parse("[1, -2]").unwrap();
+        assert_eq!(
+            ints().into_data(DataType::F32, "x").unwrap(),
+            TensorData::F32(vec![1.0, -2.0])
+        );
+        assert_eq!(
+            ints().into_data(DataType::I32, "x").unwrap(),
+            TensorData::I32(vec![1, -2])
+        );
+        let err = ints().into_data(DataType::U8, "x").unwrap_err();
+        assert_eq!(err.message, "input 'x': value -2 is out of range for UINT8");
+        let err = parse("[1.5]")
+            .unwrap()
+            .into_data(DataType::I64, "x")
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "input 'x': datatype INT64 cannot hold fractional values"
+        );
+        let err = parse("[true]")
+            .unwrap()
+            .into_data(DataType::F32, "x")
+            .unwrap_err();
+        assert!(err.message.contains("boolean"));
+        let err = parse("[1.0, 1e39]")
+            .unwrap()
+            .into_data(DataType::F32, "x")
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "input 'x': value 1e39 is out of range for FP32 (at most 3.4028235e38)"
+        );
+        assert_eq!(
+            parse("[3.0e38]")
+                .unwrap()
+                .into_data(DataType::F32, "x")
+                .unwrap(),
+            TensorData::F32(vec![3.0e38])
+        );
+        assert_eq!(
+            parse("[]")
+                .unwrap()
+                .into_data(DataType::Bytes, "x")
+                .unwrap(),
+            TensorData::Bytes(vec![])
+        );
+    }
+}

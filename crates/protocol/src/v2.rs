@@ -1,0 +1,268 @@
+//! KServe Open Inference Protocol v2, JSON form: request decoding onto [`InferRequest`] and
+//! response encoding from [`InferResponse`], plus the metadata documents.
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::json_data::JsonTensor;
+use sluice_core::InferResponse;
+use sluice_core::error::{ServeError, ServeResult};
+use sluice_core::tensor::{
+    DataType, ModelSignature, Tensor, TensorData, TensorSpec, checked_element_count, element_count,
+};
+use sluice_core::with_vec;
+
+/// The JSON body of `POST /v2/models/{m}[/versions/{v}]/infer`. The `expecting` texts are
+/// what a client reads when a part has the wrong form (serde would name these types).
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "an inference request: an object with an \"inputs\" list")]
+pub struct V2Request {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    pub inputs: Vec<V2Input>,
+    #[serde(default)]
+    pub outputs: Option<Vec<V2RequestedOutput>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "an input: an object with \"name\", \"shape\", \"datatype\" and \"data\"")]
+pub struct V2Input {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub data: Option<JsonTensor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a requested output: an object with a \"name\"")]
+pub struct V2RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// Parses a v2 JSON body; syntax and structure errors name the place they were found.
+pub fn parse_request(body: &[u8]) -> ServeResult<V2Request> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServeError::bad_request(format!("invalid inference request JSON: {e}")))
+}
+
+/// The concrete shape of a v2 `shape` field; shapes too large to be real are refused here,
+/// before anything multiplies or allocates by them.
+pub fn parse_shape(input: &str, shape: &[i64]) -> ServeResult<Vec<usize>> {
+    let dims = shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                ServeError::bad_request(format!(
+                    "input '{input}': shape {shape:?} has a negative dimension"
+                ))
+            })
+        })
+        .collect::<ServeResult<Vec<usize>>>()?;
+    if checked_element_count(&dims).is_none() {
+        return Err(ServeError::bad_request(format!(
+            "input '{input}': shape {} is too large (its dimensions multiply to more than 2^40)",
+            sluice_core::tensor::format_dims(shape)
+        )));
+    }
+    Ok(dims)
+}
+
+pub fn parse_datatype(input: &str, name: &str) -> ServeResult<DataType> {
+    DataType::parse(name).ok_or_else(|| {
+        ServeError::bad_request(format!(
+            "input '{input}': unknown or unsupported datatype '{name}'"
+        ))
+    })
+}
+
+impl V2Input {
+    /// Decodes the JSON `data` of this input into a tensor of its declared shape and type.
+    pub fn into_tensor(self) -> ServeResult<Tensor> {
+        let shape = parse_shape(&self.name, &self.shape)?;
+        let datatype = parse_datatype(&self.name, &self.datatype)?;
+        let json = self
+            .data
+            .ok_or_else(|| ServeError::bad_request(format!("input '{}' has no data", self.name)))?;
+        let expected = element_count(&shape);
+        if json.len() != expected {
+            return Err(ServeError::bad_request(format!(
+                "input '{}': shape {:?} needs {expected} values, data has {}",
+                self.name,
+                self.shape,
+                json.len()
+            )));
+        }
+        let data = json.into_data(datatype, &self.name)?;
+        Tensor::new(self.name, shape, data).map_err(|e| ServeError::bad_request(e.to_string()))
+    }
+}
+
+/// The JSON answer to an inference.
+#[derive(Serialize)]
+pub struct V2Response<'a> {
+    pub model_name: &'a str,
+    pub model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    pub outputs: Vec<V2Output<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct V2Output<'a> {
+    pub name: &'a str,
+    pub datatype: DataType,
+    pub shape: &'a [usize],
+    pub data: JsonData<'a>,
+}
+
+/// Serialises tensor data as a flat JSON array (BYTES as strings).
+pub struct JsonData<'a>(pub &'a TensorData);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            TensorData::Bytes(v) => {
+                serializer.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b)))
+            }
+            other => with_vec!(other, v => serializer.collect_seq(v.iter())),
+        }
+    }
+}
+
+pub fn encode_response(response: &InferResponse) -> Vec<u8> {
+    let body = V2Response {
+        model_name: &response.model,
+        model_version: response.version.to_string(),
+        id: response.id.as_deref(),
+        outputs: response
+            .outputs
+            .iter()
+            .map(|t| V2Output {
+                name: &t.name,
+                datatype: t.datatype(),
+                shape: &t.shape,
+                data: JsonData(&t.data),
+            })
+            .collect(),
+    };
+    // Serialising plain structs of numbers and strings into memory cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]`.
+#[derive(Serialize)]
+pub struct ModelMetadata<'a> {
+    pub name: &'a str,
+    pub versions: Vec<String>,
+    pub platform: &'a str,
+    pub inputs: &'a [TensorSpec],
+    pub outputs: &'a [TensorSpec],
+}
+
+impl<'a> ModelMetadata<'a> {
+    /// The metadata of one loaded version: `platform` names its runtime, `versions` lists the
+    /// model's loaded versions.
+    pub fn new(
+        name: &'a str,
+        platform: &'a str,
+        signature: &'a ModelSignature,
+        versions: Vec<String>,
+    ) -> ModelMetadata<'a> {
+        ModelMetadata {
+            name,
+            versions,
+            platform,
+            inputs: &signature.inputs,
+            outputs: &signature.outputs,
+        }
+    }
+}
+
+/// `GET /v2`.
+#[derive(Serialize)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: &'static [&'static str],
+}
+
+pub const SERVER_METADATA: ServerMetadata = ServerMetadata {
+    name: "sluice",
+    version: env!("CARGO_PKG_VERSION"),
+    // Triton's names: the binary tensor framing on HTTP (and raw contents on gRPC), and the
+    // repository index/load/unload calls.
+    extensions: &["binary_tensor_data", "model_repository"],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::InferRequest;
+
+    /// Plain v2 JSON goes through the binary-extension decoder with no binary section.
+    fn decode(body: &[u8]) -> ServeResult<InferRequest> {
+        crate::binary::decode_request(body, None, "m".into(), None).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn decodes_a_request() {
+        let body = br#"{"id":"r1","inputs":[{"name":"input","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}],
+                        "outputs":[{"name":"label"}],"parameters":{"k":"v"}}"#;
+        let request = decode(body).unwrap();
+        assert_eq!(request.id.as_deref(), Some("r1"));
+        assert_eq!(request.outputs, Some(vec!["label".to_string()]));
+        assert_eq!(request.inputs[0].shape, vec![2, 2]);
+        assert_eq!(
+            request.inputs[0].data,
+            TensorData::F32(vec![1.0, 2.0, 3.0, 4.5])
+        );
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let err = |body: &str| decode(body.as_bytes()).unwrap_err().message;
+        assert!(err("{").contains("invalid inference request JSON"));
+        assert!(
+            err(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)
+                .contains("has no data")
+        );
+        assert_eq!(
+            err(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2]}]}"#),
+            "input 'x': shape [1, 3] needs 3 values, data has 2"
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[1]}]}"#)
+                .contains("unsupported datatype 'FP16'")
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#)
+                .contains("negative dimension")
+        );
+    }
+
+    #[test]
+    fn encodes_bytes_as_strings() {
+        let response = InferResponse {
+            model: "m".into(),
+            version: 3,
+            variant: sluice_core::Variant::Primary,
+            id: None,
+            outputs: vec![
+                Tensor::new("s", vec![1], TensorData::Bytes(vec![b"hi".to_vec()])).unwrap(),
+                Tensor::new("b", vec![2], TensorData::Bool(vec![true, false])).unwrap(),
+            ],
+        };
+        let json: Value = serde_json::from_slice(&encode_response(&response)).unwrap();
+        assert_eq!(json["model_version"], "3");
+        assert_eq!(json["outputs"][0]["data"][0], "hi");
+        assert_eq!(json["outputs"][1]["datatype"], "BOOL");
+        assert_eq!(json["outputs"][1]["data"][1], false);
+    }
+}

@@ -1,0 +1,84 @@
+//! The `[runtime]` config section: which engine runs a model, how many workers, how sessions
+//! are built and how requests are batched.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Batching, OrtOptions};
+
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    /// ONNX Runtime when its library can be found, tract otherwise.
+    #[default]
+    Auto,
+    /// ONNX Runtime (through `ORT_DYLIB_PATH`, `runtime.ort_library` or `.ort/`).
+    Ort,
+    /// tract, pure Rust: always available.
+    Tract,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Runtime for models whose `model.toml` does not pin one.
+    pub default: RuntimeChoice,
+    /// Path to `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it, `.ort/` is tried last.
+    pub ort_library: Option<PathBuf>,
+    /// Worker threads (each with its own session) per loaded model version.
+    pub instances: usize,
+    /// Requests that may wait for a worker, per loaded version; beyond it requests get 503.
+    pub queue_capacity: usize,
+    /// How ONNX Runtime sessions are built (`[runtime.ort]`).
+    pub ort: OrtOptions,
+    /// Dynamic batching for models whose `model.toml` does not set it.
+    pub batching: Batching,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            default: RuntimeChoice::Auto,
+            ort_library: None,
+            instances: default_instances(),
+            queue_capacity: 1024,
+            ort: Default::default(),
+            batching: Default::default(),
+        }
+    }
+}
+
+/// One worker per core, up to 4: small models are latency-bound, not compute-bound.
+fn default_instances() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(4))
+        .unwrap_or(1)
+}
+
+impl RuntimeConfig {
+    /// Every problem with this section, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.instances == 0 {
+            problems.push("runtime.instances must be at least 1".into());
+        }
+        if self.queue_capacity == 0 {
+            problems.push("runtime.queue_capacity must be at least 1".into());
+        }
+        problems.extend(self.batching.problems("runtime.batching"));
+        if self.ort.intra_threads == 0 {
+            problems.push("runtime.ort.intra_threads must be at least 1".into());
+        }
+        if let Some(lib) = &self.ort_library
+            && !lib.is_file()
+        {
+            problems.push(format!(
+                "runtime.ort_library: {} does not exist",
+                lib.display()
+            ));
+        }
+        problems
+    }
+}
