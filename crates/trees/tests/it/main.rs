@@ -1,0 +1,5 @@
+//! sluice-trees' integration tests, one binary: agreement with onnxruntime on real and random
+//! models, and with LightGBM/XGBoost's own predictions on their native files.
+
+mod harness;
+mod onnx_files;
