@@ -141,13 +141,14 @@ impl<T: Real> OrtClassifier<T> {
                     out[0] = v0.to_f32();
                     out[1] = 0.0;
                 }
-                (0 | 1, _) => {
-                    out[0] = (T::ONE - v0).to_f32();
-                    out[1] = v0.to_f32();
-                }
+                // Seen from onnxruntime 1.32: LOGISTIC wins over the all-positive rule.
                 (_, Transform::Logistic) => {
                     out[0] = logistic((-v0).to_f32());
                     out[1] = logistic(v0.to_f32());
+                }
+                (0 | 1, _) => {
+                    out[0] = (T::ONE - v0).to_f32();
+                    out[1] = v0.to_f32();
                 }
                 _ => {
                     out[0] = (-v0).to_f32();

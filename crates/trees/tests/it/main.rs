@@ -3,3 +3,4 @@
 
 mod harness;
 mod onnx_files;
+mod random;
