@@ -283,9 +283,10 @@ pub fn read(node: &NodeProto, double: bool) -> Result<Ensemble, LoadError> {
     }
 
     let base = attrs.reals("base_values", double)?;
-    // onnxruntime 1.32 enforces this (older versions gave one base value for two classes a
-    // meaning of their own).
-    if !base.is_empty() && base.len() != n {
+    // onnxruntime 1.32 enforces 0 or n, except one for two classes (XGBoost's binary
+    // conversion), which the two-class rules give a meaning of their own.
+    let allowed = base.is_empty() || base.len() == n || (classifier && n == 2 && base.len() == 1);
+    if !allowed {
         return Err(LoadError::invalid(format!(
             "{} base values for {n} outputs (0 or {n} expected)",
             base.len()
@@ -311,7 +312,7 @@ pub fn read(node: &NodeProto, double: bool) -> Result<Ensemble, LoadError> {
         let classes: HashSet<i64> = w_ids.iter().copied().collect();
         let binary_case = n == 2 && classes.len() == 1;
         let all_positive = w_values.iter().all(|&w| !(w < 0.0));
-        check_two_class_outputs(&trees, n, base.len(), transform)?;
+        check_two_class_outputs(&trees, n, base.len(), binary_case, transform)?;
         Kind::Classifier {
             labels,
             binary_case,
@@ -344,16 +345,18 @@ pub fn read(node: &NodeProto, double: bool) -> Result<Ensemble, LoadError> {
     })
 }
 
-/// With two classes and no base values, a row whose leaves give class 1 no weight leaves
-/// onnxruntime with one score; for PROBIT it then writes only the first of the two
-/// probability columns. Refused rather than guessed.
+/// With two classes and fewer than two base values, a row whose leaves give class 1 no
+/// weight leaves onnxruntime with one score; for PROBIT, or outside the binary case with one
+/// base value, it then writes only the first of the two probability columns. Refused rather
+/// than guessed.
 fn check_two_class_outputs(
     trees: &[Tree],
     n: usize,
     bases: usize,
+    binary_case: bool,
     transform: Transform,
 ) -> Result<(), LoadError> {
-    if n != 2 || bases != 0 || transform != Transform::Probit {
+    if n != 2 || bases >= 2 {
         return Ok(());
     }
     let class1_can_be_missing = trees.iter().all(|t| {
@@ -362,9 +365,17 @@ fn check_two_class_outputs(
             Node::Branch(_) => false,
         })
     });
-    if class1_can_be_missing {
+    if !class1_can_be_missing {
+        return Ok(());
+    }
+    if transform == Transform::Probit {
         return Err(LoadError::unsupported(
-            "two classes with PROBIT and no base values: onnxruntime leaves the second probability unwritten",
+            "two classes with PROBIT and fewer than two base values: onnxruntime leaves the second probability unwritten",
+        ));
+    }
+    if bases == 1 && !binary_case {
+        return Err(LoadError::unsupported(
+            "two classes, weights for both and one base value: onnxruntime leaves the second probability unwritten",
         ));
     }
     Ok(())

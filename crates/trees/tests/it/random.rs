@@ -183,7 +183,11 @@ fn generate(seed: u64) -> Case {
     for t in 0..trees {
         grow(&mut rng, t as i64, &mut nodes, outputs, &shape);
     }
-    let base_len = pick(&mut rng, &[0, outputs]);
+    let base_len = if classifier {
+        pick(&mut rng, &[0, 1, outputs])
+    } else {
+        pick(&mut rng, &[0, outputs])
+    };
     let base = (0..base_len).map(|_| rng.unit() as f32).collect();
     let rows = (0..ROWS * FEATURES)
         .map(|_| match rng.next_u64() % 10 {
