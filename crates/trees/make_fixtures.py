@@ -82,9 +82,10 @@ def lightgbm_models(x_sample):
             expected = model.predict(x_sample.astype(np.float64)).reshape(-1, 1)
         else:
             expected = model.predict_proba(x_sample.astype(np.float64))
-        np.save(FIXTURES / f"{name}_expected.npy", expected.astype(np.float64))
+        np.save(FIXTURES / f"{name}_expected.npy", np.ascontiguousarray(expected, dtype=np.float64))
         onnx_model = convert_lightgbm(model, initial_types=[("input", FloatTensorType([None, FEATURES]))],
                                       target_opset=TARGET_OPSET[""], zipmap=False)
+        onnx_model.graph.name = name  # the converter's default is a random uuid
         (FIXTURES / f"{name}.onnx").write_bytes(onnx_model.SerializeToString())
         out[name] = {"model": f"{name}.txt", "expected_shape": list(expected.shape)}
     return out
@@ -108,10 +109,11 @@ def xgboost_models(x_sample):
             expected = model.predict(x_sample).reshape(-1, 1)
         else:
             expected = model.predict_proba(x_sample)
-        np.save(FIXTURES / f"{name}_expected.npy", expected.astype(np.float32))
+        np.save(FIXTURES / f"{name}_expected.npy", np.ascontiguousarray(expected, dtype=np.float32))
         try:
             onnx_model = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, FEATURES]))],
                                          target_opset=TARGET_OPSET[""])
+            onnx_model.graph.name = name  # the converter's default is a random uuid
             (FIXTURES / f"{name}.onnx").write_bytes(onnx_model.SerializeToString())
             onnx_file = f"{name}.onnx"
         except Exception as e:  # recorded, not fatal: the native file is the point

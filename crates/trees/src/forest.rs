@@ -70,6 +70,8 @@ pub struct Forest<T> {
     rule: Rule,
     aggregate: Aggregate,
     outputs: usize,
+    /// Where each output's sum starts (XGBoost starts from the base margin).
+    init: Vec<T>,
 }
 
 impl<T: Real> Forest<T> {
@@ -118,7 +120,15 @@ impl<T: Real> Forest<T> {
             rule,
             aggregate,
             outputs,
+            init: vec![T::ZERO; outputs],
         }
+    }
+
+    /// Starts each output's sum at `init` instead of 0 (for `Aggregate::Sum`).
+    pub fn starting_at(mut self, init: Vec<T>) -> Self {
+        debug_assert_eq!(init.len(), self.outputs);
+        self.init = init;
+        self
     }
 
     pub fn n_trees(&self) -> usize {
@@ -152,12 +162,15 @@ impl<T: Real> Forest<T> {
         scores: &mut [T],
         has: &mut [bool],
     ) {
-        let start = match self.aggregate {
-            Aggregate::Sum | Aggregate::Average => T::ZERO,
-            Aggregate::Min => T::INFINITY,
-            Aggregate::Max => -T::INFINITY,
-        };
-        scores.fill(start);
+        match self.aggregate {
+            Aggregate::Sum | Aggregate::Average => {
+                for row in scores.chunks_exact_mut(self.outputs) {
+                    row.copy_from_slice(&self.init);
+                }
+            }
+            Aggregate::Min => scores.fill(T::INFINITY),
+            Aggregate::Max => scores.fill(-T::INFINITY),
+        }
         has.fill(false);
         let n = self.outputs;
         match &self.leaves {

@@ -2,5 +2,6 @@
 //! models, and with LightGBM/XGBoost's own predictions on their native files.
 
 mod harness;
+mod native;
 mod onnx_files;
 mod random;
