@@ -241,7 +241,8 @@ impl<T: Real> Forest<T> {
         }
     }
 
-    /// `depth` steps of `L` walks; a walk that reached its leaf stays there.
+    /// Up to `depth` steps of `L` walks; a walk that reached its leaf stays there, and the
+    /// walks stop early once none moves (every branch moves to another node).
     #[inline(always)]
     fn walk<X: Feature, R: Decide, const L: usize>(
         &self,
@@ -250,10 +251,16 @@ impl<T: Real> Forest<T> {
         depth: u32,
     ) {
         for _ in 0..depth {
+            let mut moved = false;
             for k in 0..L {
                 let node = &self.nodes[at[k] as usize];
                 let x: T = rows[k][(node.meta & FEATURE_MASK) as usize].to();
-                at[k] = node.children[R::go_true(x, node.threshold, node.meta) as usize];
+                let next = node.children[R::go_true(x, node.threshold, node.meta) as usize];
+                moved |= next != at[k];
+                at[k] = next;
+            }
+            if !moved {
+                break;
             }
         }
     }
