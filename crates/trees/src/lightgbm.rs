@@ -249,3 +249,70 @@ fn list<N: std::str::FromStr>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> NativeInput {
+        NativeInput {
+            name: "input".into(),
+            features: 2,
+        }
+    }
+
+    const MODEL: &str = "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=1\nobjective=binary sigmoid:1\n\nTree=0\nnum_leaves=2\nnum_cat=0\nsplit_feature=1\nthreshold=0.5\ndecision_type=2\nleft_child=-1\nright_child=-2\nleaf_value=-1 1\nis_linear=0\nshrinkage=1\n\n\nend of trees\n";
+
+    #[test]
+    fn a_small_model_loads() {
+        let model = TreeModel::from_lightgbm_text(MODEL, input()).unwrap();
+        let mut out = crate::Outputs::new();
+        // NaN with missing type None reads as 0.0 <= 0.5: left.
+        model
+            .predict(&[0.0, f32::NAN, 0.0, 0.7], 2, &mut out)
+            .unwrap();
+        assert_eq!(out.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let cases = [
+            (
+                MODEL.replace("left_child=-1", "left_child=-5"),
+                "out of range",
+            ),
+            (
+                MODEL.replace("threshold=0.5", "threshold=nan"),
+                "NaN threshold",
+            ),
+            (
+                MODEL.replace("leaf_value=-1 1", "leaf_value=-1"),
+                "2 leaves and 1 leaf values",
+            ),
+            (MODEL.replace("num_cat=0", "num_cat=1"), "categorical"),
+            (
+                MODEL.replace("decision_type=2", "decision_type=1"),
+                "categorical",
+            ),
+            (
+                MODEL.replace("binary sigmoid:1", "lambdarank"),
+                "objective 'lambdarank'",
+            ),
+            (
+                MODEL.replace("left_child=-1", "left_child=0"),
+                "points to itself",
+            ),
+            (MODEL[..MODEL.len() / 2].to_string(), ""),
+            ("not a model".to_string(), "not a LightGBM"),
+        ];
+        for (text, reason) in cases {
+            let Err(e) = TreeModel::from_lightgbm_text(&text, input()) else {
+                panic!("loaded a model that should be refused ({reason})");
+            };
+            assert!(
+                e.to_string().contains(reason),
+                "expected '{reason}', got: {e}"
+            );
+        }
+    }
+}

@@ -241,3 +241,78 @@ fn read_tree(tree: &Value, t: usize, group: u32) -> Result<Tree, LoadError> {
     }
     Ok(Tree { nodes })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> NativeInput {
+        NativeInput {
+            name: "input".into(),
+            features: 2,
+        }
+    }
+
+    fn model(tree: &str) -> String {
+        format!(
+            r#"{{"learner": {{"gradient_booster": {{"name": "gbtree", "model": {{"trees": [{tree}], "tree_info": [0]}}}},
+              "learner_model_param": {{"base_score": "5E-1", "num_class": "0", "num_target": "1"}},
+              "objective": {{"name": "binary:logistic"}}}}, "version": [3, 2, 0]}}"#
+        )
+    }
+
+    const TREE: &str = r#"{"left_children": [1, -1, -1], "right_children": [2, -1, -1],
+        "split_indices": [1, 0, 0], "split_conditions": [0.5, -1.0, 1.0],
+        "default_left": [1, 0, 0], "split_type": [0, 0, 0],
+        "tree_param": {"size_leaf_vector": "1"}}"#;
+
+    #[test]
+    fn a_small_model_loads() {
+        let m = TreeModel::from_xgboost_json(&model(TREE), input()).unwrap();
+        let mut out = crate::Outputs::new();
+        // NaN goes left (default_left); 0.7 is not < 0.5: right.
+        m.predict(&[0.0, f32::NAN, 0.0, 0.7], 2, &mut out).unwrap();
+        assert_eq!(out.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let cases = [
+            (
+                model(&TREE.replace("[1, -1, -1]", "[9, -1, -1]")),
+                "has child 9",
+            ),
+            (
+                model(&TREE.replace("[1, -1, -1]", "[0, -1, -1]")),
+                "points to itself",
+            ),
+            (
+                model(&TREE.replace("[0.5, -1.0, 1.0]", "[0.5, -1.0]")),
+                "split_conditions has 2",
+            ),
+            (
+                model(&TREE.replace("\"split_type\": [0", "\"split_type\": [1")),
+                "categorical",
+            ),
+            (
+                model(&TREE.replace("[1, 0, 0]", "[7, 0, 0]")),
+                "reads feature 7",
+            ),
+            (
+                model(TREE).replace("binary:logistic", "rank:pairwise"),
+                "objective",
+            ),
+            (model(TREE).replace("gbtree", "dart"), "dart"),
+            (model(TREE)[..40].to_string(), "XGBoost JSON"),
+        ];
+        for (text, reason) in cases {
+            let Err(e) = TreeModel::from_xgboost_json(&text, input()) else {
+                panic!("loaded a model that should be refused ({reason})");
+            };
+            assert!(
+                e.to_string().contains(reason),
+                "expected '{reason}', got: {e}"
+            );
+        }
+    }
+}

@@ -321,3 +321,6 @@ fn step(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;
