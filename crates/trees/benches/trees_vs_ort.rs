@@ -102,7 +102,7 @@ fn large_ensemble(trees: usize, depth: u32, features: usize) -> Vec<u8> {
                 modes.push(b"BRANCH_LEQ".to_vec());
                 t_true.push(2 * id + 1);
                 t_false.push(2 * id + 2);
-                missing.push((rng.next() % 3 == 0) as i64);
+                missing.push(rng.next().is_multiple_of(3) as i64);
             } else {
                 f_ids.push(0);
                 vals.push(0.0);

@@ -243,7 +243,7 @@ fn write_scores<T: Real>(s: &mut [T], h: &[bool], transform: Transform, out: &mu
                 let raw = if h[k] { s[k] } else { T::ZERO };
                 let v = raw.to_f32();
                 // Zeros are scaled, not exponentiated (exp(0) would give them weight).
-                s[k] = if v > 0.000_000_1 || v < -0.000_000_1 {
+                s[k] = if !(-0.000_000_1..=0.000_000_1).contains(&v) {
                     let e = (v - v_max).exp();
                     sum += e;
                     T::from_f32(e)

@@ -325,8 +325,9 @@ fn lay_out<'a, T: Real>(
     weights: &mut Vec<&'a [(u32, f64)]>,
     ops: &mut Vec<(Op, bool)>,
 ) -> (u32, u32) {
-    // (node in `tree`, parent slot to fill, depth).
-    let mut stack: Vec<(usize, Option<(usize, usize)>, u32)> = vec![(0, None, 0)];
+    /// (node in `tree`, parent and side to point at it, depth).
+    type Pending = (usize, Option<(usize, usize)>, u32);
+    let mut stack: Vec<Pending> = vec![(0, None, 0)];
     let root = nodes.len() as u32;
     let mut deepest = 0;
     while let Some((i, parent, depth)) = stack.pop() {

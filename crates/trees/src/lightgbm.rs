@@ -16,7 +16,7 @@ use crate::tree::{self, Branch, Node, Op, Tree};
 pub fn load(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
     let mut blocks = text.split("\nTree=");
     let header = fields(blocks.next().unwrap_or_default());
-    if header.get("tree").is_none() && !text.starts_with("tree") {
+    if !text.starts_with("tree") {
         return Err(LoadError::Decode(
             "not a LightGBM text model (no 'tree' header)".into(),
         ));

@@ -311,7 +311,8 @@ pub fn read(node: &NodeProto, double: bool) -> Result<Ensemble, LoadError> {
         };
         let classes: HashSet<i64> = w_ids.iter().copied().collect();
         let binary_case = n == 2 && classes.len() == 1;
-        let all_positive = w_values.iter().all(|&w| !(w < 0.0));
+        // `!(w < 0)` as onnxruntime tests it: NaN counts as positive.
+        let all_positive = !w_values.iter().any(|&w| w < 0.0);
         check_two_class_outputs(&trees, n, base.len(), binary_case, transform)?;
         Kind::Classifier {
             labels,

@@ -40,7 +40,7 @@ fn chunks<'a, const N: usize>(
     raw: &'a [u8],
     what: &str,
 ) -> Result<impl Iterator<Item = [u8; N]> + 'a, LoadError> {
-    if raw.len() % N != 0 {
+    if !raw.len().is_multiple_of(N) {
         return Err(LoadError::invalid(format!(
             "{what}'s raw data is {} bytes, not a multiple of {N}",
             raw.len()
