@@ -63,6 +63,9 @@ pub fn validate(trees: &[Tree], features: usize, outputs: usize) -> Result<(), L
     if trees.is_empty() {
         return Err(LoadError::invalid("the ensemble has no trees"));
     }
+    if features == 0 {
+        return Err(LoadError::invalid("the input has no features"));
+    }
     if features > MAX_FEATURES {
         return Err(LoadError::unsupported(format!(
             "{features} features; at most {MAX_FEATURES} are supported"
