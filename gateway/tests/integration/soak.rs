@@ -4,13 +4,11 @@
 //! is fixed and nothing asserts how long it took. `SLUICE_SOAK_REQUESTS` sets the count;
 //! `SLUICE_SOAK_SCRAPE=1` scrapes every 5 s, for comparison.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

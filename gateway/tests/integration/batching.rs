@@ -1,11 +1,9 @@
 //! Dynamic batching on a real model: concurrent single-row requests are stacked into shared
 //! runs, and every request still gets exactly its own answer.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 

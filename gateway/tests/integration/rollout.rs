@@ -5,14 +5,12 @@
 //! decides nothing; a shadow stage fails a bad model before it answers anyone; a `[rollout]`
 //! table starts a rollout for a version folder the poller picks up.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 

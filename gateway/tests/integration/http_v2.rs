@@ -1,8 +1,6 @@
 //! KServe v2 over HTTP, end to end: real sockets, real models, both runtimes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 

@@ -18,8 +18,6 @@
 //! which makes it fail. Needs ONNX Runtime (the credit example is a two-class tree ensemble,
 //! which tract refuses).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpListener;
@@ -29,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice::predlog::SinkChoice;
 use sluice_runtime::RuntimeChoice;

@@ -1,9 +1,7 @@
 //! KServe v2 over gRPC, end to end: real sockets, real models, the client generated from our
 //! own `.proto`. (Compatibility with the official Triton client is `triton_client.rs`.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sluice_core::tensor::{DataType, TensorData};
 use sluice_protocol::grpc::proto;

@@ -3,12 +3,10 @@
 //! requests shows up in the drift gauges, the stats endpoint and the webhook, with the
 //! numbers of the independent reference (scipy / numpy, `fixtures/drift`).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice::drift::sample;
 use sluice_runtime::RuntimeChoice;

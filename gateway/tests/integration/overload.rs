@@ -1,11 +1,9 @@
 //! Overload: a tiny queue in front of a slow model. Requests beyond the queue are refused at
 //! once with 503 and Retry-After; admitted requests still succeed.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice_runtime::RuntimeChoice;
 

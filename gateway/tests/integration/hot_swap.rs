@@ -2,12 +2,10 @@
 //! continuously. No request fails, every answer comes from the version published at the time,
 //! and swapped-out versions are freed.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::*;
+use crate::common::*;
 use sluice_runtime::RuntimeChoice;
 
 const TOKEN: &str = "swap-token";

@@ -2,12 +2,10 @@
 //! and the pod's termination grace covers its preStop sleep plus sluice's drain. (Schemas,
 //! rendering and lint of the same files: deploy/check.sh.)
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::examples_repo;
+use crate::common::examples_repo;
 use sluice::Config;
 
 fn k8s() -> PathBuf {

@@ -2,11 +2,9 @@
 //! sockets, against real models. Timings are liveness bounds only ("closed before 10 s when the
 //! timeout is 1 s"), never measurements.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice::config::Config;
 use sluice_protocol::grpc::proto;

@@ -6,12 +6,10 @@
 //! `<root>/.venv/bin/python`). Without one the test is skipped with a notice, unless
 //! `SLUICE_REQUIRE_PYTHON=1` (set by scripts/test.sh and so CI), where it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use sluice_runtime::RuntimeChoice;
 
 fn python() -> Option<PathBuf> {

@@ -1,9 +1,7 @@
 //! Triton's binary tensor data extension over HTTP, end to end: framed requests and answers on
 //! real sockets, and the 400s malformed framing gets.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice_core::tensor::{DataType, TensorData};
 use sluice_protocol::raw;

@@ -4,14 +4,12 @@
 //! mid-run costs clients nothing and loses no record the buffers can hold; beyond them,
 //! drops are counted and memory stays bounded.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kafka::{Tansu, consume, tansu_available};
-use common::*;
+use crate::common::kafka::{Tansu, consume, tansu_available};
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice::config::{Config, VersionPolicy};
 use sluice::predlog::SinkChoice;

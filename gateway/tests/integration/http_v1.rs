@@ -1,8 +1,6 @@
 //! V1 / TF-Serving predict, end to end.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 

@@ -1,13 +1,11 @@
 //! Traffic policy end to end: weighted and sticky canary splits, URL versions bypassing the
 //! split, and shadow runs that never touch the client's answer.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 

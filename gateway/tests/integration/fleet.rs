@@ -6,8 +6,6 @@
 //! state with it; and while the broker is away, changes are refused with 503 and the replicas
 //! keep serving what they have, catching up once it is back.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::kafka::{Tansu, tansu_available};
+use crate::common::*;
 use bytes::Bytes;
-use common::kafka::{Tansu, tansu_available};
-use common::*;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "fleet-token";

@@ -1,11 +1,9 @@
 //! Model control: Triton's repository API, sluice's admin API, auth, polling, and every way a
 //! load can fail without changing what is served.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice_runtime::RuntimeChoice;
 
