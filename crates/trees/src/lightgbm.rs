@@ -13,6 +13,13 @@ use crate::model::{
 };
 use crate::tree::{self, Branch, Node, Op, Tree};
 
+impl TreeModel {
+    /// Loads a LightGBM text model (`model.txt`, `save_model`).
+    pub fn from_lightgbm_text(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
+        load(text, input)
+    }
+}
+
 pub fn load(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
     let mut blocks = text.split("\nTree=");
     let header = fields(blocks.next().unwrap_or_default());

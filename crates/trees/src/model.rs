@@ -140,23 +140,9 @@ pub struct TreeModel {
     pub(crate) any_float_input: bool,
 }
 
+/// The constructors live with their formats (`onnx`, `lightgbm`, `xgboost`), which build on
+/// this module: `TreeModel::from_onnx`, `from_lightgbm_text`, `from_xgboost_json`.
 impl TreeModel {
-    /// Loads an ONNX model whose graph is one `TreeEnsembleClassifier`/`TreeEnsembleRegressor`
-    /// (ai.onnx.ml) with the `Cast`/`Identity`/`Mul` nodes converters put around it.
-    pub fn from_onnx(bytes: &[u8]) -> Result<TreeModel, LoadError> {
-        crate::onnx::load(bytes)
-    }
-
-    /// Loads a LightGBM text model (`model.txt`, `save_model`).
-    pub fn from_lightgbm_text(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
-        crate::lightgbm::load(text, input)
-    }
-
-    /// Loads an XGBoost JSON model (`model.json`, `save_model`).
-    pub fn from_xgboost_json(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
-        crate::xgboost::load(text, input)
-    }
-
     pub fn signature(&self) -> &Signature {
         &self.signature
     }

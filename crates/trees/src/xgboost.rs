@@ -18,6 +18,13 @@ fn bad(why: impl Into<String>) -> LoadError {
     LoadError::invalid(why)
 }
 
+impl TreeModel {
+    /// Loads an XGBoost JSON model (`model.json`, `save_model`).
+    pub fn from_xgboost_json(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
+        load(text, input)
+    }
+}
+
 pub fn load(text: &str, input: NativeInput) -> Result<TreeModel, LoadError> {
     let root: Value =
         serde_json::from_str(text).map_err(|e| LoadError::Decode(format!("XGBoost JSON: {e}")))?;

@@ -8,6 +8,8 @@
 //! applied them. Callers never ask which one they hold.
 
 mod local;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

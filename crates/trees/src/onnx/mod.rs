@@ -36,6 +36,14 @@ enum Value {
     Constant(f32),
 }
 
+impl TreeModel {
+    /// Loads an ONNX model whose graph is one `TreeEnsembleClassifier`/`TreeEnsembleRegressor`
+    /// (ai.onnx.ml) with the `Cast`/`Identity`/`Mul` nodes converters put around it.
+    pub fn from_onnx(bytes: &[u8]) -> Result<TreeModel, LoadError> {
+        load(bytes)
+    }
+}
+
 pub fn load(bytes: &[u8]) -> Result<TreeModel, LoadError> {
     let model = ModelProto::decode(bytes).map_err(|e| LoadError::Decode(e.to_string()))?;
     let graph = model
