@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make `prometheus` and `promtool` available (gateway/tests/prometheus.rs, deploy/check.sh):
+# Make `prometheus` and `promtool` available (gateway/tests/integration/prometheus.rs, deploy/check.sh):
 # Debian's prometheus package, installed only when either is missing. Debian starts the
 # package's service on install; it is stopped and disabled again, so nothing holds :9090.
 #

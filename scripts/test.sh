@@ -19,7 +19,7 @@ export SLUICE_REQUIRE_ORT=1
 export SLUICE_REQUIRE_PYTHON=1
 # And a missing Kafka-protocol broker must fail the prediction-log tests.
 export SLUICE_REQUIRE_KAFKA=1
-# Likewise a missing Prometheus must fail the dashboard/alert test (gateway/tests/prometheus.rs).
+# Likewise a missing Prometheus must fail the dashboard/alert test (gateway/tests/integration/prometheus.rs).
 export SLUICE_REQUIRE_PROMETHEUS=1
 
 cargo test --workspace --all-targets
