@@ -155,3 +155,24 @@ fn snapshot_changes_leave_the_original_untouched() {
         ErrorKind::NotFound
     );
 }
+
+#[test]
+fn versions_loaded_beside_keep_the_answering_version_primary() {
+    let (router, _) = control();
+    let snapshot = router.snapshot();
+    let previous = &snapshot.models[MODEL];
+    let newer = BTreeMap::from([(3, testing::version(MODEL, 3, 0))]);
+    let routes = ModelRoutes::beside(Some(previous), &newer);
+    assert_eq!(
+        routes.versions.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        routes.traffic.primary,
+        Some(2),
+        "version 2 answered before: it still does"
+    );
+    let first = ModelRoutes::beside(None, &newer);
+    assert_eq!(first.traffic.primary, None);
+    assert_eq!(first.primary_version().map(|v| v.version), Some(3));
+}

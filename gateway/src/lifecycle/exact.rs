@@ -2,7 +2,6 @@
 //! picks: every replica then serves the same versions, whatever its own poller or policy saw.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::{Actor, ModelManager};
 use crate::predlog::{Event, EventKind};
@@ -57,23 +56,9 @@ impl ModelManager {
                 .await?;
             ready.insert(version, version_ready);
         }
-        let name = model.to_string();
         self.router.update(|snapshot| {
-            let mut next = snapshot.clone();
-            let previous = snapshot.models.get(&name);
-            let mut routes = previous.cloned().unwrap_or_else(ModelRoutes::default);
-            // Whatever answered before keeps answering: a newer version must not become the
-            // implicit primary before the traffic that goes with it is stored.
-            if routes.traffic.primary.is_none() {
-                routes.traffic.primary = previous
-                    .and_then(ModelRoutes::primary_version)
-                    .map(|v| v.version);
-            }
-            for (version, held) in &ready {
-                routes.versions.insert(*version, Arc::clone(held));
-            }
-            next.models.insert(name.clone(), routes);
-            next
+            let routes = ModelRoutes::beside(snapshot.models.get(model), &ready);
+            snapshot.with_model(model, routes)
         });
         Ok(loaded)
     }

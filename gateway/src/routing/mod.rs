@@ -66,6 +66,25 @@ impl ModelRoutes {
         })
     }
 
+    /// `previous` (or nothing) with `versions` loaded beside what it serves, the version
+    /// answering now pinned as primary: a newer version must not become the implicit primary
+    /// before the traffic that goes with it is stored (a fleet's exact load).
+    pub fn beside(
+        previous: Option<&ModelRoutes>,
+        versions: &BTreeMap<u64, Arc<LoadedVersion>>,
+    ) -> ModelRoutes {
+        let mut routes = previous.cloned().unwrap_or_default();
+        if routes.traffic.primary.is_none() {
+            routes.traffic.primary = previous
+                .and_then(ModelRoutes::primary_version)
+                .map(|v| v.version);
+        }
+        for (version, held) in versions {
+            routes.versions.insert(*version, Arc::clone(held));
+        }
+        routes
+    }
+
     /// The version answering unversioned requests outside the canary share.
     pub fn primary_version(&self) -> Option<&Arc<LoadedVersion>> {
         match self.traffic.primary {
