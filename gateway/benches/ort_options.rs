@@ -112,7 +112,7 @@ fn main() {
                     (name, Box::new(session) as Box<dyn Backend>)
                 })
                 .collect();
-            if let Ok(mut tract) = tract.build(&path, RuntimeChoice::Tract, 1) {
+            if let Ok(mut tract) = tract.build(&path, RuntimeChoice::Tract, 1, &[]) {
                 sessions.push(("runtime=tract", tract.instances.remove(0)));
             }
             let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); sessions.len()];

@@ -67,7 +67,7 @@ impl Server {
         match loader.runtimes().ort_status() {
             Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime available"),
             Err(reason) => {
-                tracing::info!(%reason, "ONNX Runtime unavailable; tract serves every model")
+                tracing::info!(%reason, "ONNX Runtime unavailable; trees and tract serve the models")
             }
         }
         let log = PredictionLog::start(&config.prediction_log)

@@ -97,7 +97,8 @@ struct ProfileArgs {
     /// Training rows: .npy (float32/float64, [rows, features]) or .csv (header optional).
     #[arg(long)]
     sample: PathBuf,
-    /// Runtime for the prediction run (auto, ort, tract); default: as the server would pick.
+    /// Runtime for the prediction run (auto, trees, ort, tract); default: as the server would
+    /// pick.
     #[arg(long, value_parser = parse_runtime)]
     runtime: Option<sluice_runtime::RuntimeChoice>,
     /// Fine quantiles per feature (a multiple of 10): KS resolution is about 1/quantiles.
@@ -112,13 +113,7 @@ struct ProfileArgs {
 }
 
 fn parse_runtime(text: &str) -> Result<sluice_runtime::RuntimeChoice, String> {
-    use sluice_runtime::RuntimeChoice;
-    match text {
-        "auto" => Ok(RuntimeChoice::Auto),
-        "ort" => Ok(RuntimeChoice::Ort),
-        "tract" => Ok(RuntimeChoice::Tract),
-        other => Err(format!("'{other}' is not one of auto, ort, tract")),
-    }
+    text.parse()
 }
 
 /// Where the config comes from; flags override the file.
@@ -147,6 +142,10 @@ struct ConfigArgs {
     /// brokers: fleet.brokers, else the prediction log's).
     #[arg(long, env = "SLUICE_CONTROL_TOPIC")]
     control_topic: Option<String>,
+    /// Runtime for models whose model.toml does not pin one: auto, trees, ort, tract
+    /// (overrides runtime.default).
+    #[arg(long, env = "SLUICE_RUNTIME", value_parser = parse_runtime)]
+    runtime: Option<sluice_runtime::RuntimeChoice>,
 }
 
 const DEFAULT_CONFIG: &str = "config/sluice.toml";
@@ -183,6 +182,9 @@ impl ConfigArgs {
         }
         if let Some(topic) = self.control_topic.as_ref().filter(|t| !t.is_empty()) {
             config.fleet.control_topic = Some(topic.clone());
+        }
+        if let Some(runtime) = self.runtime {
+            config.runtime.default = runtime;
         }
         Ok(config)
     }
@@ -397,11 +399,11 @@ fn list_models(args: &ConfigArgs) -> anyhow::Result<()> {
             .unwrap_or(&config.repository.version_policy);
         let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         println!(
-            "{:<20} {:<16} {:<16} {:?}",
+            "{:<20} {:<16} {:<16} {}",
             model.name,
             join(&model.versions),
             join(&policy.select(&model.versions)),
-            model.config.runtime.unwrap_or(default_runtime)
+            model.config.runtime.unwrap_or(default_runtime).as_str()
         );
     }
     for problem in &problems {

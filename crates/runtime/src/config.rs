@@ -11,13 +11,47 @@ use crate::{Batching, OrtOptions};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeChoice {
-    /// ONNX Runtime when its library can be found, tract otherwise.
+    /// The native tree evaluator for graphs it runs exactly, else ONNX Runtime when its
+    /// library can be found, else tract.
     #[default]
     Auto,
     /// ONNX Runtime (through `ORT_DYLIB_PATH`, `runtime.ort_library` or `.ort/`).
     Ort,
     /// tract, pure Rust: always available.
     Tract,
+    /// The native tree evaluator (`sluice-trees`), pure Rust: tree-ensemble ONNX graphs, and
+    /// the only runtime for LightGBM `model.txt` and XGBoost `model.json` files.
+    Trees,
+}
+
+impl RuntimeChoice {
+    pub const ALL: [RuntimeChoice; 4] = [
+        RuntimeChoice::Auto,
+        RuntimeChoice::Ort,
+        RuntimeChoice::Tract,
+        RuntimeChoice::Trees,
+    ];
+
+    /// The config and command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeChoice::Auto => "auto",
+            RuntimeChoice::Ort => "ort",
+            RuntimeChoice::Tract => "tract",
+            RuntimeChoice::Trees => "trees",
+        }
+    }
+}
+
+impl std::str::FromStr for RuntimeChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<RuntimeChoice, String> {
+        RuntimeChoice::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| format!("'{text}' is not one of auto, ort, tract, trees"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -27,6 +61,10 @@ pub struct RuntimeConfig {
     pub default: RuntimeChoice,
     /// Path to `libonnxruntime.so`; `ORT_DYLIB_PATH` wins over it, `.ort/` is tried last.
     pub ort_library: Option<PathBuf>,
+    /// Whether ONNX Runtime may be loaded at all. `false` keeps the process pure Rust (trees
+    /// and tract serve everything they can; `ort` pins fail to load) even where the library
+    /// would be found.
+    pub allow_ort: bool,
     /// Worker threads (each with its own session) per loaded model version.
     pub instances: usize,
     /// Requests that may wait for a worker, per loaded version; beyond it requests get 503.
@@ -42,6 +80,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             default: RuntimeChoice::Auto,
             ort_library: None,
+            allow_ort: true,
             instances: default_instances(),
             queue_capacity: 1024,
             ort: Default::default(),

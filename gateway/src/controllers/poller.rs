@@ -18,17 +18,21 @@ use crate::lifecycle::{Actor, ModelManager};
 use crate::repository::{self, ModelDir};
 
 /// What a model folder looked like on one scan: the versions its policy selects with the
-/// sizes and modification times of their model files and drift profiles, and the same for
-/// `model.toml`.
+/// names, sizes and modification times of their model files (whichever of model.onnx,
+/// model.txt, model.json takes precedence) and drift profiles, and the same for `model.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Observation {
     /// (version, model file, profile.json)
-    versions: Vec<(u64, Option<Fingerprint>, Option<Fingerprint>)>,
+    versions: Vec<(u64, Option<ModelFingerprint>, Option<Fingerprint>)>,
     config: Option<Fingerprint>,
 }
 
 /// A file's size and modification time.
 type Fingerprint = (u64, SystemTime);
+
+/// Which model file a version folder holds, and its fingerprint: a `model.onnx` that appears
+/// next to a `model.txt` takes over, even with the same size and time.
+type ModelFingerprint = (std::path::PathBuf, Fingerprint);
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let meta = std::fs::metadata(path).ok()?;
@@ -44,7 +48,9 @@ fn observe(models: &ModelManager, dir: &ModelDir) -> Observation {
             .map(|v| {
                 (
                     v,
-                    fingerprint(&sluice_runtime::model_file(&dir.version_dir(v))),
+                    sluice_runtime::model_file(&dir.version_dir(v))
+                        .and_then(|file| Some((fingerprint(&file)?, file)))
+                        .map(|(print, file)| (file, print)),
                     fingerprint(&dir.version_dir(v).join(crate::drift::profile::FILE_NAME)),
                 )
             })

@@ -540,7 +540,8 @@ fn plan_load(
     let wanted = models.loader().versions_to_load(&dir);
     if wanted.is_empty() {
         return Err(ServeError::bad_request(format!(
-            "model '{model}': no version folder with a model.onnx matches its version policy"
+            "model '{model}': no version folder with a model file ({}) matches its version policy",
+            sluice_runtime::MODEL_FILES
         )));
     }
     let plan =

@@ -218,7 +218,8 @@ impl ModelManager {
         let wanted = self.loader.versions_to_load(&dir);
         if wanted.is_empty() {
             return Err(ServeError::bad_request(format!(
-                "model '{model}': no version folder with a model.onnx matches its version policy"
+                "model '{model}': no version folder with a model file ({}) matches its version policy",
+                sluice_runtime::MODEL_FILES
             )));
         }
         let current = self.router.snapshot().models.get(model).cloned();

@@ -12,7 +12,7 @@ use crate::drift::DriftConfig;
 use crate::drift::{self, DriftMonitor};
 use sluice_core::tensor::{ModelSignature, Tensor, TensorData};
 use sluice_runtime::{
-    Backend, LoadError, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
+    Backend, LoadError, MODEL_FILES, Runner, RunnerOptions, RuntimeKind, Runtimes, model_file,
 };
 use sluice_runtime::{RuntimeChoice, RuntimeConfig};
 
@@ -66,9 +66,11 @@ impl Drop for LoadedVersion {
 
 impl LoadedVersion {
     /// Whether this version is what a load from `model` would build now: same file on disk,
-    /// same `model.toml` settings. A reload replaces versions for which this is false.
+    /// same `model.toml` settings. A reload replaces versions for which this is false (also
+    /// when another model file now takes precedence, e.g. a `model.onnx` next to `model.txt`).
     pub fn is_current(&self, model: &ModelDir) -> bool {
         self.settings == model.config
+            && model_file(&model.version_dir(self.version)).as_ref() == Some(&self.path)
             && fingerprint(&self.path).is_some_and(|now| Some(now) == self.fingerprint)
             && fingerprint(&profile_file(&self.path)) == self.profile_fingerprint
     }
@@ -98,6 +100,12 @@ impl LoadedVersion {
             drift.observe_outputs(outputs);
         }
     }
+}
+
+/// The model file of a version folder, or why there is none.
+fn version_file(model: &ModelDir, version: u64) -> Result<PathBuf, LoadError> {
+    let dir = model.version_dir(version);
+    model_file(&dir).ok_or_else(|| LoadError(format!("{} holds no {MODEL_FILES}", dir.display())))
 }
 
 /// The profile next to a version's model file.
@@ -180,14 +188,12 @@ impl Loader {
         version: u64,
         runtime: Option<RuntimeChoice>,
     ) -> Result<(ModelSignature, Box<dyn Backend>), LoadError> {
-        let path = model_file(&model.version_dir(version));
-        if !path.is_file() {
-            return Err(LoadError(format!("{} does not exist", path.display())));
-        }
+        let path = version_file(model, version)?;
         let choice = runtime
             .or(model.config.runtime)
             .unwrap_or(self.runtime.default);
-        let mut built = self.runtimes.build(&path, choice, 1)?;
+        let declared = model.config.declared_inputs();
+        let mut built = self.runtimes.build(&path, choice, 1, &declared)?;
         model
             .config
             .check_inputs(&built.signature.inputs)
@@ -222,15 +228,13 @@ impl Loader {
         version: u64,
     ) -> Result<Arc<LoadedVersion>, LoadError> {
         let started = Instant::now();
-        let path = model_file(&model.version_dir(version));
-        if !path.is_file() {
-            return Err(LoadError(format!("{} does not exist", path.display())));
-        }
+        let path = version_file(model, version)?;
         let instances = model.config.instances.unwrap_or(self.runtime.instances);
         let choice = model.config.runtime.unwrap_or(self.runtime.default);
         let profile_fingerprint = fingerprint(&profile_file(&path));
         let fingerprint = fingerprint(&path);
-        let mut built = self.runtimes.build(&path, choice, instances)?;
+        let declared = model.config.declared_inputs();
+        let mut built = self.runtimes.build(&path, choice, instances, &declared)?;
         model
             .config
             .check_inputs(&built.signature.inputs)

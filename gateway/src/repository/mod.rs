@@ -1,5 +1,5 @@
-//! The model repository on disk (`<repo>/<model>/<int version>/model.onnx`, optional
-//! `<repo>/<model>/model.toml`), and loading a version into a served [`LoadedVersion`]:
+//! The model repository on disk (`<repo>/<model>/<int version>/model.onnx`, or `model.txt`
+//! (LightGBM) or `model.json` (XGBoost) in that precedence, optional `<repo>/<model>/model.toml`), and loading a version into a served [`LoadedVersion`]:
 //! read -> build -> validate -> warm up. Nothing here touches the routing state; callers
 //! publish what loaded.
 
@@ -97,7 +97,7 @@ pub fn read_model(repo: &Path, name: &str) -> Result<ModelDir, RepositoryError> 
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|v| sluice_runtime::model_file(&path.join(v.to_string())).is_file())
+        .filter(|v| sluice_runtime::model_file(&path.join(v.to_string())).is_some())
         .collect();
     versions.sort_unstable_by(|a, b| b.cmp(a));
     Ok(ModelDir {

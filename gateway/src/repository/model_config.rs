@@ -13,7 +13,7 @@ use sluice_runtime::RuntimeChoice;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Runtime for this model ("auto", "ort", "tract").
+    /// Runtime for this model ("auto", "trees", "ort", "tract").
     pub runtime: Option<RuntimeChoice>,
     /// Which versions stay loaded; defaults to `repository.version_policy`.
     pub version_policy: Option<VersionPolicy>,
@@ -23,7 +23,9 @@ pub struct ModelConfig {
     /// `{ max_batch_size = 1 }` for none; defaults to `runtime.batching`.
     pub batching: Option<sluice_runtime::Batching>,
     /// Inputs the model must declare. A version whose file disagrees is refused at load time,
-    /// so a wrongly exported model never replaces a good one.
+    /// so a wrongly exported model never replaces a good one. LightGBM `model.txt` and XGBoost
+    /// `model.json` files carry no signature: for them this is the signature (one
+    /// `[-1, features]` FP32 or FP64 input).
     #[serde(default)]
     pub inputs: Vec<DeclaredInput>,
     /// A guarded rollout for new versions (fields as in the server's `[rollout]` section, each
@@ -107,6 +109,20 @@ impl ModelConfig {
         } else {
             Err(format!("invalid model.toml: {}", problems.join("; ")))
         }
+    }
+
+    /// The declared inputs as tensor specs (datatypes were checked when the file was read).
+    pub fn declared_inputs(&self) -> Vec<TensorSpec> {
+        self.inputs
+            .iter()
+            .filter_map(|d| {
+                Some(TensorSpec {
+                    name: d.name.clone(),
+                    datatype: DataType::parse(&d.datatype)?,
+                    shape: d.shape.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Checks the model's real inputs against the declared ones; every mismatch is named.
