@@ -23,4 +23,5 @@ mod reliability;
 mod rollout;
 mod soak;
 mod traffic;
+mod trees;
 mod triton_client;
