@@ -19,6 +19,7 @@ use crate::lifecycle::ModelManager;
 use crate::predlog::{CloseReport, PredictionLog};
 use crate::repository::Loader;
 use crate::routing::{Router, Snapshot};
+use crate::server::ServerConfig;
 use crate::server::connections::Listener;
 use crate::server::{auth, grpc, http, metrics_routes, serve_until_drained};
 
@@ -40,62 +41,10 @@ impl Server {
     /// Loads the repository, binds every listener and starts serving. Returns once the server
     /// is ready; ports given as 0 are resolved in the returned addresses.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let host: std::net::IpAddr = config
-            .server
-            .host
-            .parse()
-            .with_context(|| format!("server.host '{}'", config.server.host))?;
-        let http_listener = TcpListener::bind((host, config.server.http_port))
-            .await
-            .with_context(|| format!("cannot bind HTTP port {}", config.server.http_port))?;
-        let http_addr = http_listener.local_addr()?;
-        let grpc_listener = TcpListener::bind((host, config.server.grpc_port))
-            .await
-            .with_context(|| format!("cannot bind gRPC port {}", config.server.grpc_port))?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let metrics_listener = TcpListener::bind((host, config.server.metrics_port))
-            .await
-            .with_context(|| format!("cannot bind metrics port {}", config.server.metrics_port))?;
-        let metrics_addr = metrics_listener.local_addr()?;
+        let listeners = Listeners::bind(&config.server).await?;
+        let (http_addr, grpc_addr, metrics_addr) = listeners.addresses()?;
         let metrics = crate::telemetry::metrics::install();
-
-        let loader = Arc::new(Loader::new(
-            &config.runtime,
-            &config.repository,
-            &config.drift,
-        ));
-        match loader.runtimes().ort_status() {
-            Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime available"),
-            Err(reason) => {
-                tracing::info!(%reason, "ONNX Runtime unavailable; trees and tract serve the models")
-            }
-        }
-        let log = PredictionLog::start(&config.prediction_log)
-            .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
-        let router = Arc::new(Router::new(Snapshot::default()));
-        let models = Arc::new(
-            ModelManager::new(loader, Arc::clone(&router), log.clone())
-                .with_rollout_defaults(config.rollout.clone()),
-        );
-        let ready = Arc::new(AtomicBool::new(false));
-        let shadow = crate::infer::shadow::Shadower::start(
-            config.traffic.shadow_workers,
-            config.traffic.shadow_queue,
-            config.server.request_timeout,
-            log.clone(),
-        );
-        let inference = Arc::new(
-            Inference::new(
-                Arc::clone(&router),
-                config.server.request_timeout,
-                shadow,
-                log.clone(),
-                config.server.max_concurrent_requests,
-            )
-            .with_max_response_size(
-                usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
-            ),
-        );
+        let core = Core::build(&config)?;
         // The one place that decides "single node or fleet": everything that changes models
         // holds this control and never asks which one it is.
         let fleet_brokers = config
@@ -103,79 +52,28 @@ impl Server {
             .brokers_or(&config.prediction_log.kafka.brokers)
             .to_string();
         let fleet =
-            crate::fleet::Fleet::connect(&config.fleet, &fleet_brokers, Arc::clone(&models))
+            crate::fleet::Fleet::connect(&config.fleet, &fleet_brokers, Arc::clone(&core.models))
                 .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
         let control: Arc<dyn ModelControl> = match &fleet {
             Some((fleet, _)) => Arc::clone(fleet) as Arc<dyn ModelControl>,
-            None => Arc::new(LocalControl::new(Arc::clone(&models))),
+            None => Arc::new(LocalControl::new(Arc::clone(&core.models))),
         };
         let guard = Arc::new(Guard::new(
-            router,
+            Arc::clone(&core.router),
             Arc::clone(&control),
-            Arc::clone(&inference),
+            Arc::clone(&core.inference),
             config.rollout.clone(),
         ));
         let (shutdown, _) = watch::channel(false);
-
-        let admin_auth =
-            auth::AdminAuth::from_config(&config.admin).context("cannot read admin.token_file")?;
-        let grpc = grpc::GrpcListener::new(grpc::GrpcState {
-            inference: Arc::clone(&inference),
-            models: Arc::clone(&models),
-            ready: Arc::clone(&ready),
-            max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
-            auth: admin_auth.clone(),
-            control: Arc::clone(&control),
-        })
-        .await;
-        let grpc_health = grpc.health();
-        let app = http::routes(Arc::new(http::HttpState {
-            inference,
-            models: Arc::clone(&models),
-            ready: Arc::clone(&ready),
-            max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
-            max_response_size: usize::try_from(config.server.max_response_size)
-                .unwrap_or(usize::MAX),
-            body_read_timeout: config.server.connections.body_read_timeout,
-            auth: admin_auth,
-            guard: Arc::clone(&guard),
-            control: Arc::clone(&control),
-        }));
-        let drain = config.server.drain_timeout;
-        let limits = &config.server.connections;
-        let mut tasks = vec![
-            tokio::spawn(serve_until_drained(
-                http_listener,
-                Listener {
-                    name: "http",
-                    service: app,
-                    http2_only: false,
-                    config: limits.clone(),
-                },
-                shutdown.subscribe(),
-                drain,
-            )),
-            tokio::spawn(serve_until_drained(
-                metrics_listener,
-                Listener {
-                    name: "metrics",
-                    service: metrics_routes(metrics),
-                    http2_only: false,
-                    config: limits.clone(),
-                },
-                shutdown.subscribe(),
-                drain,
-            )),
-        ];
-
-        tasks.push(tokio::spawn(grpc.serve(
-            grpc_listener,
-            limits.clone(),
-            config.server.request_timeout,
-            shutdown.subscribe(),
-            drain,
-        )));
-
+        let ready = Arc::new(AtomicBool::new(false));
+        let handlers = Handlers {
+            core: &core,
+            control: &control,
+            guard: &guard,
+            ready: &ready,
+        };
+        let (mut tasks, grpc_health) =
+            serve_listeners(&config, listeners, metrics, handlers, &shutdown).await?;
         match fleet {
             // A replica of a fleet serves what the control topic says, so it reads the topic
             // before it reports ready.
@@ -186,20 +84,15 @@ impl Server {
                     .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
                 tasks.push(tokio::spawn(fleet.run(feed, shutdown.subscribe())));
             }
-            None => models.load_all().await?,
+            None => core.models.load_all().await?,
         }
-        if let Some(interval) = config.repository.poll_interval {
-            tasks.push(tokio::spawn(crate::controllers::poll(
-                Arc::clone(&models),
-                control,
-                interval,
-                shutdown.subscribe(),
-            )));
-        }
-        tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
-        if config.drift.enabled {
-            tasks.push(spawn_drift_evaluator(&config, &models, &shutdown)?);
-        }
+        tasks.extend(start_controllers(
+            &config,
+            &core.models,
+            control,
+            guard,
+            &shutdown,
+        )?);
         ready.store(true, Ordering::Release);
         grpc::set_serving(&grpc_health, true).await;
         tracing::info!(
@@ -212,9 +105,9 @@ impl Server {
             http_addr,
             grpc_addr,
             metrics_addr,
-            models,
-            log,
-            drain,
+            models: core.models,
+            log: core.log,
+            drain: config.server.drain_timeout,
             shutdown,
             stopping_since: std::sync::Mutex::new(None),
             tasks,
@@ -250,6 +143,203 @@ impl Server {
             .await
             .unwrap_or_default()
     }
+}
+
+/// The three listening sockets, bound before anything else so that a taken port fails fast.
+struct Listeners {
+    http: TcpListener,
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(server: &ServerConfig) -> anyhow::Result<Listeners> {
+        let host: std::net::IpAddr = server
+            .host
+            .parse()
+            .with_context(|| format!("server.host '{}'", server.host))?;
+        let bind = |port: u16, what: &'static str| async move {
+            TcpListener::bind((host, port))
+                .await
+                .with_context(|| format!("cannot bind {what} port {port}"))
+        };
+        Ok(Listeners {
+            http: bind(server.http_port, "HTTP").await?,
+            grpc: bind(server.grpc_port, "gRPC").await?,
+            metrics: bind(server.metrics_port, "metrics").await?,
+        })
+    }
+
+    fn addresses(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((
+            self.http.local_addr()?,
+            self.grpc.local_addr()?,
+            self.metrics.local_addr()?,
+        ))
+    }
+}
+
+/// What serves requests: the routing state, the models, the inference path and the log.
+struct Core {
+    router: Arc<Router>,
+    models: Arc<ModelManager>,
+    inference: Arc<Inference>,
+    log: PredictionLog,
+}
+
+impl Core {
+    fn build(config: &Config) -> anyhow::Result<Core> {
+        let loader = Arc::new(Loader::new(
+            &config.runtime,
+            &config.repository,
+            &config.drift,
+        ));
+        match loader.runtimes().ort_status() {
+            Ok(path) => tracing::info!(library = %path.display(), "ONNX Runtime available"),
+            Err(reason) => {
+                tracing::info!(%reason, "ONNX Runtime unavailable; trees and tract serve the models")
+            }
+        }
+        let log = PredictionLog::start(&config.prediction_log)
+            .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
+        let router = Arc::new(Router::new(Snapshot::default()));
+        let models = Arc::new(
+            ModelManager::new(loader, Arc::clone(&router), log.clone())
+                .with_rollout_defaults(config.rollout.clone()),
+        );
+        let shadow = crate::infer::shadow::Shadower::start(
+            config.traffic.shadow_workers,
+            config.traffic.shadow_queue,
+            config.server.request_timeout,
+            log.clone(),
+        );
+        let inference = Arc::new(
+            Inference::new(
+                Arc::clone(&router),
+                config.server.request_timeout,
+                shadow,
+                log.clone(),
+                config.server.max_concurrent_requests,
+            )
+            .with_max_response_size(
+                usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
+            ),
+        );
+        Ok(Core {
+            router,
+            models,
+            inference,
+            log,
+        })
+    }
+}
+
+/// What the listeners' handlers share.
+struct Handlers<'a> {
+    core: &'a Core,
+    control: &'a Arc<dyn ModelControl>,
+    guard: &'a Arc<Guard>,
+    ready: &'a Arc<AtomicBool>,
+}
+
+/// Starts the HTTP, metrics and gRPC listeners, each with the connection limits and the drain.
+async fn serve_listeners(
+    config: &Config,
+    listeners: Listeners,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    handlers: Handlers<'_>,
+    shutdown: &watch::Sender<bool>,
+) -> anyhow::Result<(Vec<JoinHandle<()>>, tonic_health::server::HealthReporter)> {
+    let Handlers {
+        core,
+        control,
+        guard,
+        ready,
+    } = handlers;
+    let admin_auth =
+        auth::AdminAuth::from_config(&config.admin).context("cannot read admin.token_file")?;
+    let grpc = grpc::GrpcListener::new(grpc::GrpcState {
+        inference: Arc::clone(&core.inference),
+        models: Arc::clone(&core.models),
+        ready: Arc::clone(ready),
+        max_message_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+        auth: admin_auth.clone(),
+        control: Arc::clone(control),
+    })
+    .await;
+    let grpc_health = grpc.health();
+    let app = http::routes(Arc::new(http::HttpState {
+        inference: Arc::clone(&core.inference),
+        models: Arc::clone(&core.models),
+        ready: Arc::clone(ready),
+        max_body_size: usize::try_from(config.server.max_body_size).unwrap_or(usize::MAX),
+        max_response_size: usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
+        body_read_timeout: config.server.connections.body_read_timeout,
+        auth: admin_auth,
+        guard: Arc::clone(guard),
+        control: Arc::clone(control),
+    }));
+    let drain = config.server.drain_timeout;
+    let limits = &config.server.connections;
+    let mut tasks = vec![
+        tokio::spawn(serve_until_drained(
+            listeners.http,
+            Listener {
+                name: "http",
+                service: app,
+                http2_only: false,
+                config: limits.clone(),
+            },
+            shutdown.subscribe(),
+            drain,
+        )),
+        tokio::spawn(serve_until_drained(
+            listeners.metrics,
+            Listener {
+                name: "metrics",
+                service: metrics_routes(metrics),
+                http2_only: false,
+                config: limits.clone(),
+            },
+            shutdown.subscribe(),
+            drain,
+        )),
+    ];
+
+    tasks.push(tokio::spawn(grpc.serve(
+        listeners.grpc,
+        limits.clone(),
+        config.server.request_timeout,
+        shutdown.subscribe(),
+        drain,
+    )));
+
+    Ok((tasks, grpc_health))
+}
+
+/// The controllers that run beside the listeners: the repository poller (when polling is on),
+/// the rollout guard and the drift evaluator (when drift is on).
+fn start_controllers(
+    config: &Config,
+    models: &Arc<ModelManager>,
+    control: Arc<dyn ModelControl>,
+    guard: Arc<Guard>,
+    shutdown: &watch::Sender<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    if let Some(interval) = config.repository.poll_interval {
+        tasks.push(tokio::spawn(crate::controllers::poll(
+            Arc::clone(models),
+            control,
+            interval,
+            shutdown.subscribe(),
+        )));
+    }
+    tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
+    if config.drift.enabled {
+        tasks.push(spawn_drift_evaluator(config, models, shutdown)?);
+    }
+    Ok(tasks)
 }
 
 /// Starts the drift evaluator. Alerts go to the log and to every sink here: the webhook when
