@@ -1,7 +1,7 @@
 //! The sliding window drift is measured over: a ring of time buckets (e.g. 30 buckets of
 //! 10 s for a 5 minute window), each holding one counter per bin of every tracked series.
 //! Counting a value is one relaxed atomic add; no lock is taken, so concurrent requests only
-//! share cache lines, never wait on each other. The layout imitates `monitor::window`.
+//! share cache lines, never wait on each other. The layout imitates `telemetry::window`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ impl DriftWindow {
 
     /// The slot for the bucket `at` falls in. The first request of a new bucket clears the
     /// slot's old counts; a count racing that reset may be lost, which a window of thousands
-    /// of rows does not notice (the same trade as `monitor::window`).
+    /// of rows does not notice (the same trade as `telemetry::window`).
     pub fn counter_at(&self, at: Instant) -> Counter<'_> {
         let bucket = self.bucket(at);
         let slot = &self.slots[(bucket % self.slots.len() as u64) as usize];

@@ -1,5 +1,5 @@
 //! Model control over HTTP: Triton's repository API (`/v2/repository/...`) and sluice's own
-//! admin API (`/admin/v1/...`). Reads are open; every mutation goes through [`AdminAuth`].
+//! admin API (`/admin/v1/...`). Reads are open; every mutation goes through [`super::auth::AdminAuth`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;

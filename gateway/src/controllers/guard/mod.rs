@@ -5,7 +5,7 @@
 //! changes the weights and the rollout's state in one store: a reader never sees a rollback
 //! without its weight of zero, or the reverse. The guard is one task that ticks every
 //! `rollout.tick`; at each tick it reads the snapshot, compares each running rollout's
-//! candidate with its baseline over the current phase ([`decide`]; the tests are in
+//! candidate with its baseline over the current phase (`decide`; the tests are in
 //! [`crate::rollout`]), and, when a decision is due, hands it to the [`ModelControl`], which
 //! stores it only if the rollout is still the one the decision was made on.
 
