@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def workspace():
     out = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
     meta = json.loads(out)
