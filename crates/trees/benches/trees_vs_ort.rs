@@ -1,12 +1,15 @@
-//! sluice-trees against ONNX Runtime in-process, on the same ONNX files: nanoseconds per call
-//! at batch 1 and per row at batch 64, for the bench churn model (100 trees, 15 leaves) and a
+//! sluice-trees against ONNX Runtime and tract in-process, on the same ONNX files: nanoseconds
+//! per call at batch 1 and per row at batch 64, for the bench churn model (100 trees, 15 leaves) and a
 //! large ensemble (500 full trees of depth 8 over 50 features, built here deterministically:
 //! as an ONNX file it would be ~12 MB, too big to commit).
 //!
 //!     ORT_DYLIB_PATH=.ort/libonnxruntime.so cargo bench -p sluice-trees --bench trees_vs_ort
 //!
 //! ONNX Runtime runs one intra-op thread (sluice's default), so both sides use one core.
-//! Each side is measured in rounds interleaved with the other and the median round reported.
+//! tract gets a plan optimised for each batch size (its best case) and runs the two-class
+//! graphs as tract-onnx 0.21 computes them (sluice refuses them on tract: inverted labels);
+//! it is far slower, so it gets 3 rounds bounded by time instead of a call count.
+//! Each side is measured in rounds interleaved with the others and the median round reported.
 //! Under `cargo test --all-targets` (no `--bench` flag) it only runs a few calls as a smoke test.
 
 use std::borrow::Cow;
@@ -21,6 +24,7 @@ use sluice_trees::onnx::proto::{
     TypeProto, ValueInfoProto, attribute_type, data_type, tensor_shape_proto, type_proto,
 };
 use sluice_trees::{Outputs, TreeModel};
+use tract_onnx::prelude::*;
 
 fn effort() -> (usize, usize) {
     if std::env::args().any(|a| a == "--bench") {
@@ -182,6 +186,31 @@ fn large_ensemble(trees: usize, depth: u32, features: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
+type Plan = TypedSimplePlan<TypedModel>;
+
+fn tract_plan(bytes: &[u8], batch: usize, features: usize) -> Plan {
+    tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .and_then(|m| m.with_input_fact(0, f32::fact([batch, features]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract loads the model")
+}
+
+/// Nanoseconds per call, after one warm-up call: at least `min_calls`, and until ~0.2 s have
+/// passed.
+fn time_tract(plan: &Plan, input: &Tensor, min_calls: usize) -> f64 {
+    let run = || black_box(plan.run(tvec!(input.clone().into_tvalue())).unwrap());
+    run();
+    let started = Instant::now();
+    let mut calls = 0;
+    while calls < min_calls || started.elapsed().as_secs_f64() < 0.2 {
+        run();
+        calls += 1;
+    }
+    started.elapsed().as_nanos() as f64 / calls as f64
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -189,6 +218,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let (rounds, calls) = effort();
+    // The smoke test skips tract: unoptimised, it would take minutes on the large ensemble.
+    let measuring = rounds > 1;
     let churn = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/churn.onnx"),
     )
@@ -209,8 +240,8 @@ fn main() {
         eprintln!("ORT_DYLIB_PATH not set or not loadable: measuring sluice-trees alone");
     }
     println!(
-        "{:12} {:>5} {:>14} {:>14} {:>8}",
-        "model", "batch", "trees ns", "ort ns", "ort/trees"
+        "{:12} {:>5} {:>14} {:>14} {:>8} {:>14} {:>10}",
+        "model", "batch", "trees ns", "ort ns", "ort/trees", "tract ns", "tract/trees"
     );
     for (name, bytes, features) in &models {
         let model = TreeModel::from_onnx(bytes).expect("sluice-trees loads the model");
@@ -238,6 +269,12 @@ fn main() {
             let mut out = Outputs::new();
             let mut trees_rounds = Vec::new();
             let mut ort_rounds = Vec::new();
+            let mut tract_rounds = Vec::new();
+            let plan = measuring.then(|| tract_plan(bytes, batch, *features));
+            let tract_input =
+                tract_ndarray::Array2::from_shape_vec((batch, *features), rows.clone())
+                    .unwrap()
+                    .into_tensor();
             for _ in 0..rounds {
                 for _ in 0..calls / 10 + 1 {
                     model.predict(&rows, batch, &mut out).unwrap();
@@ -269,6 +306,10 @@ fn main() {
                     }
                     ort_rounds.push(started.elapsed().as_nanos() as f64 / calls as f64);
                 }
+                // tract takes 0.2 s per row on the large ensemble: 3 rounds of it are plenty.
+                if let Some(plan) = plan.as_ref().filter(|_| tract_rounds.len() < 3) {
+                    tract_rounds.push(time_tract(plan, &tract_input, 1));
+                }
             }
             // Per call at batch 1, per row at batch 64.
             let per = batch as f64;
@@ -279,7 +320,15 @@ fn main() {
                 let o = median(ort_rounds) / per;
                 (format!("{o:.0}"), format!("{:.2}", o / trees_ns))
             };
-            println!("{name:12} {batch:>5} {trees_ns:>14.0} {ort_ns:>14} {ratio:>8}",);
+            let (tract_ns, tract_ratio) = if tract_rounds.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                let t = median(tract_rounds) / per;
+                (format!("{t:.0}"), format!("{:.1}", t / trees_ns))
+            };
+            println!(
+                "{name:12} {batch:>5} {trees_ns:>14.0} {ort_ns:>14} {ratio:>8} {tract_ns:>14} {tract_ratio:>10}"
+            );
         }
     }
 }
