@@ -92,7 +92,7 @@ fn refuse_known_miscomputations(proto: &tract_onnx::pb::ModelProto) -> Result<()
         if classes == 2 {
             return Err(LoadError(
                 "tract: two-class TreeEnsembleClassifier is mislabelled by tract-onnx 0.21; \
-                 serve this model with ONNX Runtime (scripts/fetch-ort.sh, runtime = \"ort\")"
+                 serve this model with runtime = \"trees\" (or \"auto\", which picks it)"
                     .to_string(),
             ));
         }
