@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model repository over HTTP (KServe v2, V1 REST).
-    Serve(ConfigArgs),
+    Serve(ServeArgs),
     /// Validate a config and print every problem at once.
     CheckConfig(ConfigArgs),
     /// List the models and versions a repository holds and which would be loaded.
@@ -142,6 +142,12 @@ struct ConfigArgs {
     /// brokers: fleet.brokers, else the prediction log's).
     #[arg(long, env = "SLUICE_CONTROL_TOPIC")]
     control_topic: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Runtime for models whose model.toml does not pin one: auto, trees, ort, tract
     /// (overrides runtime.default).
     #[arg(long, env = "SLUICE_RUNTIME", value_parser = parse_runtime)]
@@ -183,9 +189,6 @@ impl ConfigArgs {
         if let Some(topic) = self.control_topic.as_ref().filter(|t| !t.is_empty()) {
             config.fleet.control_topic = Some(topic.clone());
         }
-        if let Some(runtime) = self.runtime {
-            config.runtime.default = runtime;
-        }
         Ok(config)
     }
 }
@@ -217,8 +220,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: &ConfigArgs) -> anyhow::Result<()> {
-    let config = args.load()?;
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(runtime) = args.runtime {
+        config.runtime.default = runtime;
+    }
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -410,4 +416,23 @@ fn list_models(args: &ConfigArgs) -> anyhow::Result<()> {
         println!("! {problem}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap checks its definitions only when a subcommand is parsed: a clash (two `--runtime`
+    /// flags in one subcommand) would otherwise surface as a panic in a user's hands.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["sluice", "serve", "--runtime", "trees"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.runtime, Some(sluice_runtime::RuntimeChoice::Trees));
+        assert!(Cli::try_parse_from(["sluice", "serve", "--runtime", "gpu"]).is_err());
+    }
 }
