@@ -1,7 +1,7 @@
 //! The `sluice` binary itself: serve and drain on SIGTERM, check-config, models.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -29,25 +29,7 @@ fn serve_answers_then_drains_on_sigterm() {
             predictions, events
         ),
     );
-    let mut child = sluice()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--model-repository")
-        .arg(examples_repo())
-        .args([
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve_command(&config, &examples_repo()).spawn().unwrap();
     // The ready line names the bound HTTP address.
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut address = None;

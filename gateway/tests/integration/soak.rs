@@ -5,7 +5,7 @@
 //! `SLUICE_SOAK_SCRAPE=1` scrapes every 5 s, for comparison.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -39,25 +39,7 @@ fn start() -> Sluice {
          [prediction_log]\nsink = \"none\"\n[drift]\nenabled = false\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--model-repository")
-        .arg(examples_repo())
-        .args([
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve_command(&config, &examples_repo()).spawn().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let field = |line: &str, key: &str| {
         line.split(key)

@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -40,25 +40,9 @@ fn serve_without_ort(repo: &Path, scratch: &Path) -> Served {
          [prediction_log]\nsink = \"none\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--model-repository")
-        .arg(repo)
-        .args([
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
+    let mut child = serve_command(&config, repo)
         .env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .current_dir(scratch)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -229,3 +229,28 @@ pub fn mlp_sample_rows() -> Vec<Vec<f32>> {
         .collect();
     data.chunks(64).map(<[f32]>::to_vec).collect()
 }
+
+/// `sluice serve` as a process of its own: `config` over `repo`, every port picked by the OS,
+/// info logs on a piped stdout (the ready line names the bound addresses). Add what a test
+/// needs (environment, working directory), then `spawn`.
+pub fn serve_command(config: &Path, repo: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--model-repository")
+        .arg(repo)
+        .args([
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    command
+}
