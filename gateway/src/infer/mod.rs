@@ -155,6 +155,15 @@ impl Inference {
             ),
             Err(e) => (None, Err(e)),
         };
+        // An answer too large to send is a failed request: checked before the outcome is
+        // recorded, so the window, the metrics and the log record say what the client got.
+        let run = run.and_then(|run| {
+            let answered: Vec<&Tensor> = match &selection {
+                Some(keep) => keep.iter().filter_map(|&i| run.outputs.get(i)).collect(),
+                None => run.outputs.iter().collect(),
+            };
+            check_response_size(answered, self.max_response_size).map(|()| run)
+        });
         let outcome = Outcome {
             variant,
             protocol,
@@ -176,7 +185,6 @@ impl Inference {
                 .filter_map(|i| outputs.get(i).cloned())
                 .collect();
         }
-        check_response_size(&outputs, self.max_response_size)?;
         Ok(InferResponse {
             model: target.model.clone(),
             version: target.version,
@@ -357,9 +365,12 @@ pub fn order_inputs(signature: &ModelSignature, inputs: Vec<Tensor>) -> ServeRes
 
 /// Refuses an answer whose outputs hold more than `limit` bytes in their raw form (what the
 /// binary and gRPC encodings send; JSON adds to it), before any encoder builds a body.
-pub fn check_response_size(outputs: &[Tensor], limit: usize) -> ServeResult<()> {
+pub fn check_response_size<'a>(
+    outputs: impl IntoIterator<Item = &'a Tensor>,
+    limit: usize,
+) -> ServeResult<()> {
     let size = outputs
-        .iter()
+        .into_iter()
         .map(|t| sluice_protocol::raw::encoded_len(&t.data))
         .fold(0usize, usize::saturating_add);
     if size > limit {
