@@ -17,7 +17,8 @@ declare -A PID PORT
 port=18700
 for spec in "$@"; do
     name=${spec%%=*}; bin=${spec#*=}; extra=()
-    case "$bin" in *@*) extra=(--config "${bin#*@}"); bin=${bin%%@*};; esac
+    case "$bin" in *@*) extra=(--config "$(realpath "${bin#*@}")"); bin=${bin%%@*};; esac
+    bin=$(realpath "$bin")
     dir=$(mktemp -d)
     (cd "$dir" && exec "$bin" serve "${extra[@]}" --model-repository "$REPO" --http-port $port --grpc-port $((port+1)) --metrics-port $((port+2)) >"$dir/log" 2>&1) &
     PID[$name]=$!; PORT[$name]=$port
