@@ -190,6 +190,9 @@ impl axum::response::IntoResponse for ServeError {
             // The rest of the body may never come: the connection cannot carry another request.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // The kind travels with the answer, for layers below the handler (the connection loop
+        // counts why it closes a connection).
+        response.extensions_mut().insert(self.kind);
         response
     }
 }

@@ -75,18 +75,9 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Wraps a non-JSON error answer's text as `{"error": ...}`, keeping its status; and marks a
-/// body-timeout answer (408) so that the connection closes after it: the rest of the body may
-/// never come, so the connection cannot carry another request.
-async fn json_errors(mut response: Response) -> Response {
+/// Wraps a non-JSON error answer's text as `{"error": ...}`, keeping its status.
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    if status == StatusCode::REQUEST_TIMEOUT {
-        response
-            .extensions_mut()
-            .insert(super::connections::CloseAfterResponse(
-                super::connections::CloseReason::BodyTimeout,
-            ));
-    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -28,6 +28,7 @@ mod socket;
 use socket::Watched;
 
 use crate::telemetry::metrics;
+use sluice_core::error::ErrorKind;
 use sluice_core::units::{byte_size, human_duration};
 
 /// Limits on the connections of every listener (`[server.connections]`).
@@ -267,11 +268,6 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Marks a response that closes its HTTP/1 connection (it also says `Connection: close`), so
-/// that the close is counted for this reason.
-#[derive(Clone, Copy, Debug)]
-pub struct CloseAfterResponse(pub CloseReason);
-
 /// What the watchdog knows of a connection, written by its I/O and its requests. Times are
 /// milliseconds since the connection opened; `NONE` is unset.
 struct Activity {
@@ -417,10 +413,12 @@ impl Connection {
                 let response = call.await;
                 if let Ok(response) = &response
                     && !http2
-                    && let Some(CloseAfterResponse(reason)) = response.extensions().get().copied()
+                    // A body-timeout answer says `Connection: close` (the rest of the body may
+                    // never come); the close is counted for that reason.
+                    && response.extensions().get::<ErrorKind>() == Some(&ErrorKind::BodyTimeout)
                     && let Ok(mut close) = activity.close.lock()
                 {
-                    close.get_or_insert(reason);
+                    close.get_or_insert(CloseReason::BodyTimeout);
                 }
                 drop(guard);
                 response
