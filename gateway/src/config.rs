@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::drift::DriftConfig;
 pub use crate::fleet::FleetConfig;
 pub use crate::infer::TrafficConfig;
+pub use crate::outcomes::OutcomesConfig;
 pub use crate::predlog::PredictionLogConfig;
 pub use crate::repository::{RepositoryConfig, VersionPolicy};
 pub use crate::rollout::RolloutConfig;
 pub use crate::server::{AdminConfig, ServerConfig};
+pub use crate::sources::RegistryConfig;
 pub use sluice_runtime::{RuntimeChoice, RuntimeConfig};
 
 /// Everything sluice reads from its config file. Every section and field has a default, so an
@@ -39,6 +41,11 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// Input and prediction drift against each version's `profile.json`.
     pub drift: DriftConfig,
+    /// Ground-truth outcomes joined with recent predictions: live quality, and the guard's
+    /// correctness test.
+    pub outcomes: OutcomesConfig,
+    /// Model registries to follow (`[[registry.mlflow]]`).
+    pub registry: RegistryConfig,
 }
 
 /// A config file that could not be read or parsed.
@@ -76,10 +83,12 @@ impl Config {
         problems.extend(self.runtime.problems());
         problems.extend(self.traffic.problems());
         problems.extend(self.drift.problems());
+        problems.extend(self.outcomes.problems());
         problems.extend(self.admin.problems());
         problems.extend(self.prediction_log.problems());
         problems.extend(self.rollout.problems());
         problems.extend(self.fleet.problems());
+        problems.extend(self.registry.problems());
         problems
     }
 

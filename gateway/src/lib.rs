@@ -6,20 +6,23 @@
 //! (validate, queue) -> `sluice_runtime` (run on worker threads) -> `sluice_protocol` (encode).
 //!
 //! Top-level modules, bottom to top (each imports only those before it; CI checks it, see
-//! `docs/architecture.md`): [`telemetry`], [`drift`], [`rollout`], [`repository`],
-//! [`routing`], [`predlog`], [`infer`], [`lifecycle`], [`control`], [`fleet`],
-//! [`controllers`], [`server`], [`config`], [`profiling`], [`app`].
+//! `docs/architecture.md`): [`telemetry`], [`drift`], [`expectations`], [`rollout`],
+//! [`repository`],
+//! [`routing`], [`predlog`], [`outcomes`], [`infer`], [`lifecycle`], [`control`], [`fleet`],
+//! [`controllers`], [`sources`], [`server`], [`config`], [`profiling`], [`app`].
 #![forbid(unsafe_code)]
 
 pub mod telemetry;
 
 pub mod drift;
+pub mod expectations;
 pub mod rollout;
 
 pub mod repository;
 pub mod routing;
 
 pub mod infer;
+pub mod outcomes;
 pub mod predlog;
 
 pub mod control;
@@ -28,6 +31,7 @@ pub mod lifecycle;
 
 pub mod controllers;
 pub mod server;
+pub mod sources;
 
 pub mod config;
 pub mod profiling;

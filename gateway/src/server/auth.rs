@@ -18,6 +18,8 @@ use sluice_core::error::{ErrorKind, ServeError};
 pub struct AdminAuth {
     /// The SHA-256 digest of the configured token.
     token: Option<[u8; 32]>,
+    /// Whose token it is, for the messages: "admin" or "outcomes".
+    role: &'static str,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -28,18 +30,7 @@ impl AdminAuth {
     /// The token from `SLUICE_ADMIN_TOKEN`, else `admin.token`, else the first line of
     /// `admin.token_file`.
     pub fn from_config(config: &AdminConfig) -> std::io::Result<AdminAuth> {
-        let from_env = std::env::var("SLUICE_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let from_file = match &config.token_file {
-            Some(path) => std::fs::read_to_string(path)?
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-                .filter(|t| !t.is_empty()),
-            None => None,
-        };
-        let token = from_env.or_else(|| config.token.clone()).or(from_file);
+        let token = configured_token("SLUICE_ADMIN_TOKEN", &config.token, &config.token_file)?;
         if token.is_none() {
             tracing::warn!(
                 "no admin token configured: model and traffic changes are accepted from \
@@ -51,9 +42,26 @@ impl AdminAuth {
         Ok(AdminAuth::with_token(token))
     }
 
+    /// The outcomes endpoint's gatekeeper: `SLUICE_OUTCOMES_TOKEN`, else `outcomes.token`,
+    /// else `outcomes.token_file`; with none, loopback clients only.
+    pub fn for_outcomes(config: &crate::outcomes::OutcomesConfig) -> std::io::Result<AdminAuth> {
+        let token = configured_token("SLUICE_OUTCOMES_TOKEN", &config.token, &config.token_file)?;
+        if token.is_none() && config.enabled {
+            tracing::warn!(
+                "no outcomes token configured: outcomes are accepted from loopback clients only \
+                 (set SLUICE_OUTCOMES_TOKEN or outcomes.token)"
+            );
+        }
+        Ok(AdminAuth {
+            role: "outcomes",
+            ..AdminAuth::with_token(token)
+        })
+    }
+
     pub fn with_token(token: Option<String>) -> AdminAuth {
         AdminAuth {
             token: token.as_deref().map(digest),
+            role: "admin",
         }
     }
 
@@ -66,7 +74,10 @@ impl AdminAuth {
             } else {
                 Err(ServeError::new(
                     ErrorKind::Forbidden,
-                    "no admin token is configured, so changes are accepted from loopback only",
+                    format!(
+                        "no {} token is configured, so this call is accepted from loopback only",
+                        self.role
+                    ),
                 ))
             };
         };
@@ -77,15 +88,39 @@ impl AdminAuth {
             .ok_or_else(|| {
                 ServeError::new(
                     ErrorKind::Unauthorized,
-                    "this call changes the server: send Authorization: Bearer <admin token>",
+                    format!(
+                        "this call changes the server: send Authorization: Bearer <{} token>",
+                        self.role
+                    ),
                 )
             })?;
         if bool::from(digest(presented.trim()).ct_eq(expected)) {
             Ok(Actor(format!("token holder at {peer}")))
         } else {
-            Err(ServeError::new(ErrorKind::Forbidden, "wrong admin token"))
+            Err(ServeError::new(
+                ErrorKind::Forbidden,
+                format!("wrong {} token", self.role),
+            ))
         }
     }
+}
+
+/// A token from the environment, else the config, else the first line of the token file.
+fn configured_token(
+    env: &str,
+    token: &Option<String>,
+    token_file: &Option<std::path::PathBuf>,
+) -> std::io::Result<Option<String>> {
+    let from_env = std::env::var(env).ok().filter(|t| !t.is_empty());
+    let from_file = match token_file {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .next()
+            .map(|l| l.trim().to_string())
+            .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    Ok(from_env.or_else(|| token.clone()).or(from_file))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ mod config;
 pub mod connections;
 pub mod grpc;
 pub mod http;
+mod outcomes;
 mod rollouts;
+mod sources;
 
 use std::time::Duration;
 

@@ -8,4 +8,5 @@
 pub mod compare;
 pub mod metrics;
 pub mod predictions;
+pub mod quality;
 pub mod window;
