@@ -38,6 +38,8 @@ fn monitor(sample: &sample::Sample) -> DriftMonitor {
             .map(|j| FeatureProfile {
                 name: format!("f{j}"),
                 distribution: Continuous::from_values(sample.column(j), 200).expect("values"),
+                nan_rows: None,
+                distinct_values: None,
             })
             .collect(),
         prediction: None,

@@ -109,9 +109,10 @@ pub fn build_profile(
     let names = feature_names(model, &input.name, sample.columns).map_err(fail)?;
     let mut features = Vec::with_capacity(names.len());
     for (j, name) in names.into_iter().enumerate() {
-        let distribution = Continuous::from_values(sample.column(j), request.quantiles)
+        let column: Vec<f64> = sample.column(j).collect();
+        let feature = FeatureProfile::from_values(name.clone(), &column, request.quantiles)
             .ok_or_else(|| fail(format!("feature '{name}' has no values (all NaN)")))?;
-        features.push(FeatureProfile { name, distribution });
+        features.push(feature);
     }
     let prediction = if signature.inputs.len() == 1 {
         predict(

@@ -22,6 +22,9 @@ pub const SCHEMA: &str = "sluice.profile.v1";
 pub const FILE_NAME: &str = "profile.json";
 /// Bins PSI uses: the reference's deciles.
 pub const PSI_BINS: usize = 10;
+/// A column with at most this many distinct integer values keeps them in its profile
+/// (`distinct_values`), for the data expectations' allowed-values rule.
+pub const MAX_DISTINCT: usize = 32;
 
 /// A version's reference profile.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +60,14 @@ pub struct FeatureProfile {
     /// From `model.toml` (`inputs = [{ ..., features = [...] }]`), else `f0`, `f1`, ...
     pub name: String,
     pub distribution: Continuous,
+    /// Rows of the sample whose value was NaN (missing); NaNs are left out of `distribution`.
+    /// Absent in profiles written before sluice recorded it: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nan_rows: Option<u64>,
+    /// The column's distinct values, sorted, when they are at most [`MAX_DISTINCT`] integers
+    /// (a categorical or count column); absent otherwise, and in older profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct_values: Option<Vec<f64>>,
 }
 
 /// A continuous reference distribution: fine quantiles for KS, decile bins for PSI.
@@ -209,6 +220,16 @@ impl Profile {
             problems.push("no features".into());
         }
         for feature in &self.features {
+            if let Some(values) = &feature.distinct_values
+                && (values.is_empty()
+                    || values.iter().any(|v| !v.is_finite())
+                    || values.windows(2).any(|w| w[0] >= w[1]))
+            {
+                problems.push(format!(
+                    "feature '{}': distinct_values must be finite, sorted and distinct",
+                    feature.name
+                ));
+            }
             problems.extend(
                 feature
                     .distribution
@@ -236,6 +257,47 @@ impl Profile {
         }
         problems
     }
+}
+
+impl FeatureProfile {
+    /// The profile of one column of a sample: its distribution (`fine` quantile bins), how many
+    /// of its values were NaN, and its distinct values when they are few integers. `None` when
+    /// every value is NaN.
+    pub fn from_values(name: String, values: &[f64], fine: usize) -> Option<FeatureProfile> {
+        let distribution = Continuous::from_values(values.iter().copied(), fine)?;
+        let nan_rows = values.iter().filter(|v| v.is_nan()).count() as u64;
+        Some(FeatureProfile {
+            name,
+            distribution,
+            nan_rows: Some(nan_rows),
+            distinct_values: few_integers(values),
+        })
+    }
+
+    /// The smallest and largest non-NaN value of the sample.
+    pub fn range(&self) -> (f64, f64) {
+        let q = &self.distribution.quantiles;
+        (q[0], q[q.len() - 1])
+    }
+}
+
+/// The sorted distinct non-NaN values when all are integers and at most [`MAX_DISTINCT`].
+fn few_integers(values: &[f64]) -> Option<Vec<f64>> {
+    let mut distinct: Vec<f64> = Vec::with_capacity(MAX_DISTINCT + 1);
+    for &v in values.iter().filter(|v| !v.is_nan()) {
+        if v.fract() != 0.0 || !v.is_finite() {
+            return None;
+        }
+        if let Err(at) = distinct.binary_search_by(|d| d.total_cmp(&v)) {
+            if distinct.len() == MAX_DISTINCT {
+                return None;
+            }
+            distinct.insert(at, v);
+        }
+    }
+    // -0.0 and 0.0 are one value.
+    distinct.dedup_by(|a, b| a == b);
+    (!distinct.is_empty()).then_some(distinct)
 }
 
 impl Continuous {
@@ -366,6 +428,37 @@ mod tests {
         assert_eq!(d.psi.proportions[0], 0.7);
         assert!((d.psi.proportions.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert_eq!(d.cdf[0], 0.7);
+    }
+
+    #[test]
+    fn a_feature_keeps_its_nans_and_few_integer_values() {
+        let values = [2.0, 0.0, f64::NAN, 1.0, 2.0, -0.0];
+        let f = FeatureProfile::from_values("plan".into(), &values, 10).unwrap();
+        assert_eq!(f.nan_rows, Some(1));
+        assert_eq!(f.distinct_values, Some(vec![0.0, 1.0, 2.0]));
+        assert_eq!(f.range(), (0.0, 2.0));
+        let continuous = FeatureProfile::from_values("x".into(), &[0.5, 1.0], 10).unwrap();
+        assert_eq!(continuous.distinct_values, None);
+        let many: Vec<f64> = (0..=MAX_DISTINCT as i32).map(f64::from).collect();
+        let counts = FeatureProfile::from_values("n".into(), &many, 10).unwrap();
+        assert_eq!(counts.distinct_values, None);
+        assert_eq!(counts.nan_rows, Some(0));
+    }
+
+    #[test]
+    fn profiles_without_the_newer_fields_still_read() {
+        let d = Continuous::from_values((0..100).map(f64::from), 10).unwrap();
+        let mut feature = serde_json::to_value(FeatureProfile {
+            name: "f0".into(),
+            distribution: d,
+            nan_rows: None,
+            distinct_values: None,
+        })
+        .unwrap();
+        assert!(feature.get("nan_rows").is_none());
+        feature["nan_rows"] = 0.into();
+        let back: FeatureProfile = serde_json::from_value(feature).unwrap();
+        assert_eq!(back.nan_rows, Some(0));
     }
 
     #[test]

@@ -46,6 +46,8 @@ fn feature_profile(reference: &Sample) -> Profile {
             .map(|j| FeatureProfile {
                 name: format!("f{j}"),
                 distribution: Continuous::from_values(reference.column(j), 200).unwrap(),
+                nan_rows: None,
+                distinct_values: None,
             })
             .collect(),
         prediction: None,

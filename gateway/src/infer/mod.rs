@@ -10,6 +10,7 @@ pub mod shadow;
 
 pub use config::TrafficConfig;
 
+use crate::expectations::Flagged;
 use crate::predlog::PredictionLog;
 use crate::predlog::record::{
     PREDICTION_SCHEMA, PredictionRecord, ShadowComparison, latency_us, new_request_id,
@@ -148,10 +149,11 @@ impl Inference {
             .filter(|_| self.log.wants_inputs())
             .map(|_| request.inputs.clone());
         let deadline = started + self.request_timeout;
+        let mut flagged = Flagged::default();
         let (selection, run) = match select_outputs(&target.signature, request.outputs.as_deref()) {
             Ok(selection) => (
                 selection,
-                run_version(&target, variant, request.inputs, deadline).await,
+                run_version(&target, variant, request.inputs, deadline, Some(&mut flagged)).await,
             ),
             Err(e) => (None, Err(e)),
         };
@@ -175,6 +177,7 @@ impl Inference {
             id,
             inputs: logged_inputs.as_deref(),
             shadow: None,
+            expectations: Some(&flagged).filter(|f| !f.is_empty()),
         });
         record_outcome(&target, &outcome, &self.log, entry);
         let mut run = run?;
@@ -205,16 +208,22 @@ fn request_rows(inputs: &[Tensor]) -> usize {
 }
 
 /// Runs `inputs` on one version, whichever side of the split asked: validated and put in
-/// signature order, counted into drift, run on the version's workers, and the prediction
-/// counted for the guard (before output selection: the guard compares what the model
-/// predicted, whatever the client asked to see).
+/// signature order, checked against the data expectations (with `flagged`; shadow copies pass
+/// `None`: their request was admitted by the primary, and their answer reaches nobody),
+/// counted into drift, run on the version's workers, and the prediction counted for the guard
+/// (before output selection: the guard compares what the model predicted, whatever the client
+/// asked to see). A rejected request never reaches drift or the model.
 async fn run_version(
     target: &LoadedVersion,
     variant: Variant,
     inputs: Vec<Tensor>,
     deadline: Instant,
+    flagged: Option<&mut Flagged>,
 ) -> ServeResult<RunOutput> {
     let inputs = order_inputs(&target.signature, inputs)?;
+    if let Some(flagged) = flagged {
+        target.check_expectations(&inputs, flagged)?;
+    }
     target.observe_inputs(&inputs);
     let run = target.runner.run(inputs, deadline).await?;
     target.windows.predictions.record(variant, &run.outputs);
@@ -239,6 +248,8 @@ struct LogEntry<'a> {
     inputs: Option<&'a [Tensor]>,
     /// For a shadow run: how its answer compared with the primary's.
     shadow: Option<ShadowComparison>,
+    /// The data-expectation violations of a flagged request.
+    expectations: Option<&'a Flagged>,
 }
 
 /// The one place a run is recorded: the version's rolling window (what the guard and the
@@ -287,6 +298,7 @@ fn record_outcome(
         outputs,
         inputs: entry.inputs,
         shadow: entry.shadow,
+        expectations: entry.expectations,
     };
     log.prediction(entry.id.to_string(), record.to_json());
 }

@@ -113,6 +113,7 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
         Variant::Shadow,
         job.inputs.clone(),
         started + timeout,
+        None,
     )
     .await;
     let comparison = match &run {
@@ -141,6 +142,7 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
         shadow: comparison
             .as_ref()
             .map(|c| ShadowComparison::new(job.primary_version, c)),
+        expectations: None,
     });
     record_outcome(target, &outcome, log, entry);
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::expectations::Flagged;
 use crate::telemetry::compare::Comparison;
 use sluice_core::Variant;
 use sluice_core::tensor::Tensor;
@@ -47,6 +48,10 @@ pub struct PredictionRecord<'a> {
     /// For shadow runs: how the shadow's answer compared with the primary's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowComparison>,
+    /// For a request that broke the model's data expectations (`on_violation = "flag"`):
+    /// how many values, and the first few (row, feature, rule, value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectations: Option<&'a Flagged>,
 }
 
 impl PredictionRecord<'_> {
@@ -259,6 +264,7 @@ mod tests {
             outputs: &outputs,
             inputs: Some(&inputs),
             shadow: None,
+            expectations: None,
         };
         let value: serde_json::Value = serde_json::from_slice(&record.to_json()).unwrap();
         assert_eq!(

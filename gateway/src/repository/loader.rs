@@ -36,6 +36,8 @@ pub struct LoadedVersion {
     pub metrics: crate::telemetry::metrics::VersionMetrics,
     /// Drift against the version's `profile.json`; `None` without one (or with drift off).
     pub drift: Option<Arc<DriftMonitor>>,
+    /// The data expectations of `model.toml`'s `[expectations]`; `None` without the table.
+    pub expectations: Option<crate::expectations::Expectations>,
     /// Size and modification time of `profile.json` when it was loaded: a new profile
     /// reloads the version.
     pub(super) profile_fingerprint: Option<(u64, SystemTime)>,
@@ -93,6 +95,20 @@ impl LoadedVersion {
         }
     }
 
+    /// Checks the request's (validated) inputs against the data expectations: a 400 for a
+    /// violation when they reject, the violations kept in `flagged` when they flag. Nothing
+    /// without an `[expectations]` table.
+    pub fn check_expectations(
+        &self,
+        inputs: &[Tensor],
+        flagged: &mut crate::expectations::Flagged,
+    ) -> sluice_core::error::ServeResult<()> {
+        match &self.expectations {
+            Some(expectations) => expectations.check(inputs, flagged),
+            None => Ok(()),
+        }
+    }
+
     /// Counts the prediction of each row; `outputs` in signature order, as the model
     /// returned them.
     pub fn observe_outputs(&self, outputs: &[Tensor]) {
@@ -100,6 +116,30 @@ impl LoadedVersion {
             drift.observe_outputs(outputs);
         }
     }
+}
+
+/// The version's data expectations; an `[expectations]` table that does not fit the model
+/// (or its profile) refuses the load, like any other `model.toml` mismatch.
+fn expectations(
+    model: &ModelDir,
+    version: u64,
+    signature: &ModelSignature,
+) -> Result<Option<crate::expectations::Expectations>, LoadError> {
+    let declared: Vec<(&str, &[String])> = model
+        .config
+        .inputs
+        .iter()
+        .map(|i| (i.name.as_str(), i.features.as_slice()))
+        .collect();
+    crate::expectations::for_version(
+        &model.name,
+        version,
+        &model.version_dir(version),
+        model.config.expectations.as_ref(),
+        signature,
+        &declared,
+    )
+    .map_err(LoadError)
 }
 
 /// The model file of a version folder, or why there is none.
@@ -239,6 +279,7 @@ impl Loader {
             .config
             .check_inputs(&built.signature.inputs)
             .map_err(LoadError)?;
+        let expectations = expectations(model, version, &built.signature)?;
         for backend in &mut built.instances {
             warm_up(backend.as_mut(), &built.signature)?;
         }
@@ -290,6 +331,7 @@ impl Loader {
             windows: Default::default(),
             metrics: crate::telemetry::metrics::VersionMetrics::new(&model.name, version),
             drift,
+            expectations,
             profile_fingerprint,
         }))
     }

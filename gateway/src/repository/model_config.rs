@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::VersionPolicy;
+use crate::expectations::ExpectationsConfig;
 use crate::rollout::{RolloutConfig, RolloutOverrides};
 use sluice_core::tensor::{DataType, TensorSpec, format_dims};
 use sluice_runtime::RuntimeChoice;
@@ -33,6 +34,9 @@ pub struct ModelConfig {
     /// through the API) is rolled out step by step against the current primary, which stays
     /// pinned, instead of becoming primary at once.
     pub rollout: Option<RolloutOverrides>,
+    /// Data expectations checked on every request before the model runs: per feature of the
+    /// input, a range, NaN and allowed values, declared or derived from `profile.json`.
+    pub expectations: Option<ExpectationsConfig>,
 }
 
 /// An input the operator expects the model to take.
@@ -84,6 +88,9 @@ impl ModelConfig {
                     .flatten()
                     .map(|p| format!("rollout.{p}")),
             );
+        }
+        if let Some(expectations) = &config.expectations {
+            problems.extend(expectations.problems());
         }
         for input in &config.inputs {
             if DataType::parse(&input.datatype).is_none() {

@@ -100,6 +100,7 @@ impl LoadedVersion {
             windows: Default::default(),
             metrics: crate::telemetry::metrics::VersionMetrics::new(model, version),
             drift: None,
+            expectations: None,
             profile_fingerprint: None,
         })
     }

@@ -44,6 +44,7 @@ pub const DRIFT_KS: &str = "sluice_drift_ks";
 pub const PREDICTION_DRIFT_PSI: &str = "sluice_prediction_drift_psi";
 pub const PREDICTION_DRIFT_KS: &str = "sluice_prediction_drift_ks";
 pub const DRIFT_WINDOW_ROWS: &str = "sluice_drift_window_rows";
+pub const EXPECTATION_VIOLATIONS: &str = "sluice_expectation_violations_total";
 pub const FLEET_RECORDS: &str = "sluice_fleet_records_total";
 pub const CONNECTIONS_OPEN: &str = "sluice_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
@@ -264,6 +265,13 @@ fn describe() {
         Unit::Count,
         "Input rows in the drift window"
     );
+    describe_counter!(
+        EXPECTATION_VIOLATIONS,
+        Unit::Count,
+        "Input values that broke a model's data expectations, by model, version, feature and \
+         rule (min, max, nan, allowed); with on_violation = \"reject\", the one value each \
+         refused request was refused for"
+    );
     describe_gauge!(
         ALIVE_VERSIONS,
         Unit::Count,
@@ -428,6 +436,23 @@ pub fn clear_drift(model: &str, version: u64, features: &[String], prediction: b
         gauge!(PREDICTION_DRIFT_KS, &labels).set(f64::NAN);
     }
     gauge!(DRIFT_WINDOW_ROWS, &labels).set(0.0);
+}
+
+/// The violation counter of one feature's rule, registered (at 0) when a version with data
+/// expectations loads and then incremented through the handle.
+pub fn expectation_violations(
+    model: &str,
+    version: u64,
+    feature: &str,
+    rule: &'static str,
+) -> Counter {
+    counter!(
+        EXPECTATION_VIOLATIONS,
+        "model" => model.to_string(),
+        "version" => version.to_string(),
+        "feature" => feature.to_string(),
+        "rule" => rule
+    )
 }
 
 pub fn record_version_built() {

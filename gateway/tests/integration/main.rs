@@ -9,6 +9,7 @@ mod batching;
 mod cli;
 mod deploy_files;
 mod drift;
+mod expectations;
 mod fleet;
 mod grpc_v2;
 mod hot_swap;
