@@ -43,6 +43,7 @@ fn monitor(sample: &sample::Sample) -> DriftMonitor {
             })
             .collect(),
         prediction: None,
+        quality: None,
     };
     let signature = ModelSignature {
         inputs: vec![TensorSpec {

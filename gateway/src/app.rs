@@ -16,12 +16,14 @@ use crate::control::{LocalControl, ModelControl};
 use crate::controllers::{DriftEvaluator, Guard};
 use crate::infer::Inference;
 use crate::lifecycle::ModelManager;
+use crate::outcomes::Outcomes;
 use crate::predlog::{CloseReport, PredictionLog};
 use crate::repository::Loader;
 use crate::routing::{Router, Snapshot};
 use crate::server::ServerConfig;
 use crate::server::connections::Listener;
 use crate::server::{auth, grpc, http, metrics_routes, serve_until_drained};
+use crate::sources::Sources;
 
 /// A running sluice: its bound addresses and the means to stop it.
 pub struct Server {
@@ -40,10 +42,20 @@ pub struct Server {
 impl Server {
     /// Loads the repository, binds every listener and starts serving. Returns once the server
     /// is ready; ports given as 0 are resolved in the returned addresses.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         let listeners = Listeners::bind(&config.server).await?;
         let (http_addr, grpc_addr, metrics_addr) = listeners.addresses()?;
         let metrics = crate::telemetry::metrics::install();
+        // The model sources say which folder the loader reads: a bucket's local cache, or the
+        // repository folder itself.
+        let (sources, local) = Sources::build(&config.repository, &config.registry)
+            .map_err(|e| anyhow::anyhow!("model sources: {e}"))?;
+        config.repository.path = local;
+        if sources.owns_repository() {
+            // The bucket's source polls the bucket; its cache needs no folder poller.
+            config.repository.poll_interval = None;
+        }
+        let sources = Arc::new(sources);
         let core = Core::build(&config)?;
         // The one place that decides "single node or fleet": everything that changes models
         // holds this control and never asks which one it is.
@@ -71,9 +83,11 @@ impl Server {
             control: &control,
             guard: &guard,
             ready: &ready,
+            sources: &sources,
         };
         let (mut tasks, grpc_health) =
             serve_listeners(&config, listeners, metrics, handlers, &shutdown).await?;
+        sources.prepare(&core.models).await;
         match fleet {
             // A replica of a fleet serves what the control topic says, so it reads the topic
             // before it reports ready.
@@ -86,11 +100,13 @@ impl Server {
             }
             None => core.models.load_all().await?,
         }
+        tasks.extend(sources.start(&core.models, &control, &shutdown));
         tasks.extend(start_controllers(
             &config,
             &core.models,
             control,
             guard,
+            &core.inference,
             &shutdown,
         )?);
         ready.store(true, Ordering::Release);
@@ -203,6 +219,7 @@ impl Core {
         let log = PredictionLog::start(&config.prediction_log)
             .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
         let router = Arc::new(Router::new(Snapshot::default()));
+        let outcomes = Arc::new(Outcomes::new(config.outcomes.clone(), log.clone()));
         let models = Arc::new(
             ModelManager::new(loader, Arc::clone(&router), log.clone())
                 .with_rollout_defaults(config.rollout.clone()),
@@ -223,7 +240,8 @@ impl Core {
             )
             .with_max_response_size(
                 usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
-            ),
+            )
+            .with_outcomes(Arc::clone(&outcomes)),
         );
         Ok(Core {
             router,
@@ -240,6 +258,7 @@ struct Handlers<'a> {
     control: &'a Arc<dyn ModelControl>,
     guard: &'a Arc<Guard>,
     ready: &'a Arc<AtomicBool>,
+    sources: &'a Arc<Sources>,
 }
 
 /// Starts the HTTP, metrics and gRPC listeners, each with the connection limits and the drain.
@@ -255,6 +274,7 @@ async fn serve_listeners(
         control,
         guard,
         ready,
+        sources,
     } = handlers;
     let admin_auth =
         auth::AdminAuth::from_config(&config.admin).context("cannot read admin.token_file")?;
@@ -276,8 +296,11 @@ async fn serve_listeners(
         max_response_size: usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
         body_read_timeout: config.server.connections.body_read_timeout,
         auth: admin_auth,
+        outcomes_auth: auth::AdminAuth::for_outcomes(&config.outcomes)
+            .context("cannot read outcomes.token_file")?,
         guard: Arc::clone(guard),
         control: Arc::clone(control),
+        sources: Arc::clone(sources),
     }));
     let drain = config.server.drain_timeout;
     let limits = &config.server.connections;
@@ -324,6 +347,7 @@ fn start_controllers(
     models: &Arc<ModelManager>,
     control: Arc<dyn ModelControl>,
     guard: Arc<Guard>,
+    inference: &Inference,
     shutdown: &watch::Sender<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
@@ -336,6 +360,28 @@ fn start_controllers(
         )));
     }
     tasks.push(tokio::spawn(guard.run(shutdown.subscribe())));
+    if let Some(outcomes) = inference.outcomes() {
+        let quality = crate::controllers::quality::QualityController::new(
+            Arc::clone(models.router()),
+            Arc::clone(outcomes),
+            models.events().clone(),
+        );
+        tasks.push(tokio::spawn(quality.run(shutdown.subscribe())));
+        if !config.outcomes.kafka.topic.is_empty() {
+            let brokers = match config.outcomes.kafka.brokers.as_str() {
+                "" => config.prediction_log.kafka.brokers.as_str(),
+                b => b,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            crate::outcomes::kafka::consume(Arc::clone(outcomes), brokers, Arc::clone(&stop))
+                .map_err(|e| anyhow::anyhow!("outcomes topic: {e}"))?;
+            let mut stopped = shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                stop.store(true, Ordering::Relaxed);
+            }));
+        }
+    }
     if config.drift.enabled {
         tasks.push(spawn_drift_evaluator(config, models, shutdown)?);
     }

@@ -142,6 +142,7 @@ pub fn build_profile(
         },
         features,
         prediction,
+        quality: None,
     })
 }
 

@@ -44,6 +44,37 @@ pub struct Profile {
     /// sample alone (more than one input) or has no output sluice knows how to track.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction: Option<PredictionProfile>,
+    /// How right the version was on the sample, from `sluice profile --labels`: the live
+    /// accuracy alert's baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<OfflineQuality>,
+}
+
+/// A version's quality on its labelled profile sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineQuality {
+    /// The labels file, for the reader's information.
+    pub labels: String,
+    pub rows: usize,
+    pub accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roc_auc: Option<f64>,
+}
+
+/// The baseline accuracy in a version folder's `profile.json`, if it has one. Read on its own
+/// (not through drift), so that the alert works with drift off; a profile that does not parse
+/// has none, and drift reports why.
+pub fn baseline_accuracy(version_dir: &std::path::Path) -> Option<f64> {
+    #[derive(Deserialize)]
+    struct QualityOnly {
+        quality: Option<OfflineQuality>,
+    }
+    let text = std::fs::read(version_dir.join(FILE_NAME)).ok()?;
+    let parsed: QualityOnly = serde_json::from_slice(&text).ok()?;
+    parsed.quality.map(|q| q.accuracy)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

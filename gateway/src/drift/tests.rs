@@ -51,6 +51,7 @@ fn feature_profile(reference: &Sample) -> Profile {
             })
             .collect(),
         prediction: None,
+        quality: None,
     }
 }
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::rollout::RolloutPlan;
 use crate::routing::ModelRoutes;
 use crate::routing::rollout::{
-    Decision, Marks, Phase, Rollout, RolloutState, predecessor, prediction_counts,
+    Decision, Marks, OutcomeMarks, Phase, Rollout, RolloutState, predecessor, prediction_counts,
+    quality_totals,
 };
 use sluice_core::Variant;
 
@@ -162,6 +163,14 @@ impl RolloutRecord {
                 ),
                 baseline: counts(self.baseline, Variant::Primary),
                 candidate: counts(self.candidate, candidate_variant),
+                outcomes: OutcomeMarks {
+                    rollout_baseline: same.map_or_else(
+                        || quality_totals(routes, self.baseline, Variant::Primary),
+                        |l| l.marks.outcomes.rollout_baseline.clone(),
+                    ),
+                    baseline: quality_totals(routes, self.baseline, Variant::Primary),
+                    candidate: quality_totals(routes, self.candidate, candidate_variant),
+                },
             },
             reference: None,
             timeline: self.timeline.iter().map(DecisionRecord::decision).collect(),

@@ -11,6 +11,8 @@ pub mod shadow;
 pub use config::TrafficConfig;
 
 use crate::expectations::Flagged;
+use crate::outcomes::Outcomes;
+use crate::outcomes::record::MAX_ID_LENGTH;
 use crate::predlog::PredictionLog;
 use crate::predlog::record::{
     PREDICTION_SCHEMA, PredictionRecord, ShadowComparison, latency_us, new_request_id,
@@ -36,7 +38,13 @@ pub struct Inference {
     /// `server.max_response_size`: answers whose outputs hold more bytes are refused (413)
     /// before any protocol encodes them.
     max_response_size: usize,
+    /// Where predictions wait for their ground-truth outcomes; `None`: no join.
+    outcomes: Option<Arc<Outcomes>>,
 }
+
+/// The request header that carries a request id for protocols without an id field (V1), and
+/// that every answer carries back.
+pub const REQUEST_ID_HEADER: &str = "sluice-request-id";
 
 impl Inference {
     pub fn new(
@@ -53,7 +61,18 @@ impl Inference {
             log,
             in_flight: tokio::sync::Semaphore::new(max_concurrent_requests),
             max_response_size: usize::MAX,
+            outcomes: None,
         }
+    }
+
+    /// Keeps every answered prediction in `outcomes`' index for its outcome to join.
+    pub fn with_outcomes(mut self, outcomes: Arc<Outcomes>) -> Inference {
+        self.outcomes = Some(outcomes);
+        self
+    }
+
+    pub fn outcomes(&self) -> Option<&Arc<Outcomes>> {
+        self.outcomes.as_ref()
     }
 
     /// Caps the raw size of an answer's outputs (`server.max_response_size`).
@@ -98,7 +117,7 @@ impl Inference {
     pub async fn infer_routed(
         &self,
         route: Route,
-        request: InferRequest,
+        mut request: InferRequest,
     ) -> ServeResult<InferResponse> {
         let _permit = self.in_flight.try_acquire().map_err(|_| {
             ServeError::new(
@@ -106,11 +125,15 @@ impl Inference {
                 "server is overloaded: too many requests in flight",
             )
         })?;
-        // The id that ties this request's log records together (its answer and its shadow).
-        let log_id = self
-            .log
-            .enabled()
-            .then(|| request.id.clone().unwrap_or_else(new_request_id));
+        // The id every answer carries (the client's, or one made here): what ties the request's
+        // log records together (its answer and its shadow) and what its outcome names.
+        let id = request
+            .id
+            .take()
+            .or_else(|| header_request_id(&request.keys.headers))
+            .unwrap_or_else(new_request_id);
+        let log_id = self.log.enabled().then(|| id.clone());
+        request.id = Some(id);
         let Some(shadow) = route.shadow else {
             return self
                 .infer_on(route.target, route.variant, request, log_id)
@@ -149,11 +172,24 @@ impl Inference {
             .filter(|_| self.log.wants_inputs())
             .map(|_| request.inputs.clone());
         let deadline = started + self.request_timeout;
+        let ticket = match (&self.outcomes, request.id.as_deref()) {
+            (Some(outcomes), Some(id)) if id.len() <= MAX_ID_LENGTH => {
+                outcomes.begin(id, &target, variant)
+            }
+            _ => None,
+        };
         let mut flagged = Flagged::default();
         let (selection, run) = match select_outputs(&target.signature, request.outputs.as_deref()) {
             Ok(selection) => (
                 selection,
-                run_version(&target, variant, request.inputs, deadline, Some(&mut flagged)).await,
+                run_version(
+                    &target,
+                    variant,
+                    request.inputs,
+                    deadline,
+                    Some(&mut flagged),
+                )
+                .await,
             ),
             Err(e) => (None, Err(e)),
         };
@@ -180,6 +216,10 @@ impl Inference {
             expectations: Some(&flagged).filter(|f| !f.is_empty()),
         });
         record_outcome(&target, &outcome, &self.log, entry);
+        if let (Some(outcomes), Some(ticket)) = (&self.outcomes, ticket) {
+            let outputs = run.as_ref().ok().map(|r| r.outputs.as_slice());
+            outcomes.finish(ticket, outputs, rows);
+        }
         let mut run = run?;
         let mut outputs = std::mem::take(&mut run.outputs);
         if let Some(keep) = selection {
@@ -196,6 +236,15 @@ impl Inference {
             outputs,
         })
     }
+}
+
+/// A usable `sluice-request-id` header: non-empty and at most [`MAX_ID_LENGTH`] bytes.
+fn header_request_id(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_ID_LENGTH)
+        .map(str::to_string)
 }
 
 /// Rows in a request: the batch dimension of its first input.

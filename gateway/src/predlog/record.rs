@@ -133,6 +133,8 @@ pub enum EventKind {
     Promote,
     Rollback,
     Drift,
+    /// The live accuracy alert was raised or cleared.
+    Quality,
 }
 
 impl EventKind {
@@ -147,6 +149,7 @@ impl EventKind {
             EventKind::Promote => "promote",
             EventKind::Rollback => "rollback",
             EventKind::Drift => "drift",
+            EventKind::Quality => "quality",
         }
     }
 }

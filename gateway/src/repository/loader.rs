@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{ModelConfig, ModelDir};
 use super::{RepositoryConfig, VersionPolicy};
@@ -32,6 +32,12 @@ pub struct LoadedVersion {
     pub(super) settings: ModelConfig,
     /// Recent latency and errors per traffic variant, for the guard and the stats endpoint.
     pub windows: crate::telemetry::window::VariantWindows,
+    /// Live quality from joined outcomes, per variant; shared with the predictions waiting
+    /// in the outcome index.
+    pub quality: Arc<crate::telemetry::quality::VersionQuality>,
+    /// The accuracy `sluice profile --labels` measured on the profile's sample: the live
+    /// accuracy alert's baseline.
+    pub baseline_accuracy: Option<f64>,
     /// Its request metrics, recorded through handles.
     pub metrics: crate::telemetry::metrics::VersionMetrics,
     /// Drift against the version's `profile.json`; `None` without one (or with drift off).
@@ -283,6 +289,12 @@ impl Loader {
         for backend in &mut built.instances {
             warm_up(backend.as_mut(), &built.signature)?;
         }
+        let measured = built
+            .instances
+            .first_mut()
+            .map(|backend| time_run(backend.as_mut(), &built.signature))
+            .transpose()?
+            .unwrap_or(Duration::MAX);
         let mut batching = Some(model.config.batching.unwrap_or(self.runtime.batching))
             .filter(sluice_runtime::Batching::enabled);
         if batching.is_some() && !sluice_runtime::signature_batches(&built.signature) {
@@ -306,6 +318,12 @@ impl Loader {
             },
         )
         .map_err(|e| LoadError(format!("cannot start worker threads: {e}")))?;
+        // A batching delay asks requests to wait for company: they must reach the workers.
+        let inline_budget = match batching {
+            Some(b) if b.max_queue_delay_us > 0 => Duration::ZERO,
+            _ => Duration::from_micros(self.runtime.inline_max_us),
+        };
+        let runner = runner.with_inline(measured, inline_budget);
         tracing::info!(
             model = %model.name,
             version,
@@ -313,6 +331,8 @@ impl Loader {
             reason = %built.reason,
             instances,
             batching = ?batching,
+            run_us = measured.as_micros() as u64,
+            inline_rows = runner.inline_rows(),
             drift = drift.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model version loaded"
@@ -329,6 +349,11 @@ impl Loader {
             fingerprint,
             settings: model.config.clone(),
             windows: Default::default(),
+            quality: Arc::new(crate::telemetry::quality::VersionQuality::new(
+                &model.name,
+                version,
+            )),
+            baseline_accuracy: drift::profile::baseline_accuracy(&model.version_dir(version)),
             metrics: crate::telemetry::metrics::VersionMetrics::new(&model.name, version),
             drift,
             expectations,
@@ -337,10 +362,24 @@ impl Loader {
     }
 }
 
-/// One real inference on zeros shaped like the inputs (dynamic dimensions as 1): it fails
-/// a model that cannot run before it can answer a client, and pays first-run costs up front.
-fn warm_up(backend: &mut dyn Backend, signature: &ModelSignature) -> Result<(), LoadError> {
-    let inputs = signature
+/// The median of a few batch-1 runs of a warmed-up instance: what decides whether requests
+/// run inline (`runtime.inline_max_us`).
+fn time_run(backend: &mut dyn Backend, signature: &ModelSignature) -> Result<Duration, LoadError> {
+    let mut times = Vec::with_capacity(9);
+    for _ in 0..9 {
+        let inputs = warm_up_inputs(signature)?;
+        let started = Instant::now();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.run(inputs)));
+        times.push(started.elapsed());
+        ran.map_err(|_| LoadError("warm-up inference panicked".into()))?
+            .map_err(|e| LoadError(format!("warm-up inference failed: {e}")))?;
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn warm_up_inputs(signature: &ModelSignature) -> Result<Vec<Tensor>, LoadError> {
+    signature
         .inputs
         .iter()
         .map(|spec| {
@@ -353,7 +392,13 @@ fn warm_up(backend: &mut dyn Backend, signature: &ModelSignature) -> Result<(), 
             )
             .map_err(|e| LoadError(e.to_string()))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+}
+
+/// One real inference on zeros shaped like the inputs (dynamic dimensions as 1): it fails
+/// a model that cannot run before it can answer a client, and pays first-run costs up front.
+fn warm_up(backend: &mut dyn Backend, signature: &ModelSignature) -> Result<(), LoadError> {
+    let inputs = warm_up_inputs(signature)?;
     let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.run(inputs)))
         .map_err(|_| LoadError("warm-up inference panicked".into()))?
         .map_err(|e| LoadError(format!("warm-up inference failed: {e}")))?;

@@ -98,6 +98,10 @@ impl LoadedVersion {
             fingerprint: None,
             settings,
             windows: Default::default(),
+            quality: Arc::new(crate::telemetry::quality::VersionQuality::new(
+                model, version,
+            )),
+            baseline_accuracy: None,
             metrics: crate::telemetry::metrics::VersionMetrics::new(model, version),
             drift: None,
             expectations: None,

@@ -4,12 +4,14 @@
 
 use serde::Serialize;
 
-use super::plan::{RolloutPlan, ShadowStage};
+use super::bayes::{AccuracyPosterior, probability_above, reward_probability_above};
+use super::plan::{PromoteOn, RolloutPlan, ShadowStage};
 use super::stats::{
     ErrorTest, LatencyTest, PsiTest, error_rate_test, latency_test, normal_quantile, psi_test,
-    wilson_upper,
+    reward_test, wilson_upper,
 };
 use crate::telemetry::predictions::PredictionCounts;
+use crate::telemetry::quality::QualityTotals;
 use crate::telemetry::window::{WindowStats, quantile};
 
 /// What one side did over the compared span.
@@ -18,6 +20,8 @@ pub struct Sample {
     pub version: u64,
     pub stats: WindowStats,
     pub predictions: PredictionCounts,
+    /// Outcomes joined for its answers over the same span.
+    pub outcomes: QualityTotals,
     /// What the numbers cover: "step" (since the step began), "rollout" (the primary since the
     /// rollout began, when the step leaves it too little traffic, as at 100 %), "watch" (since
     /// promotion), "predecessor" (frozen at promotion), or "shadow" (since the stage began).
@@ -83,6 +87,12 @@ pub struct Assessment {
     pub score_psi: Option<PsiTest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowCheck>,
+    /// Correctness, once both sides have `min_outcomes` joined outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<OutcomeTest>,
+    /// With `promote_on = "probability"`: the candidate is proven better and may be promoted
+    /// now, whatever step it is at.
+    pub promote_early: bool,
     /// What the candidate breached, in words; `None` while it passes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breach: Option<String>,
@@ -107,6 +117,8 @@ fn base(canary: &Sample, primary: &Sample, min_requests: u64) -> Assessment {
         label_psi: None,
         score_psi: None,
         shadow: None,
+        outcomes: None,
+        promote_early: false,
         breach: None,
         summary: if judged {
             "healthy".into()
@@ -146,14 +158,163 @@ fn error_check(a: &mut Assessment, plan: &RolloutPlan, breaches: &mut Vec<String
     a.error_rate = Some(test);
 }
 
-/// Canary against primary (or a promoted version against its predecessor): error rate,
-/// latency and predictions, once both sides have `min_requests`.
+/// The correctness comparison: accuracy from label outcomes, else mean reward.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutcomeTest {
+    /// "accuracy" or "reward".
+    pub metric: &'static str,
+    pub canary: f64,
+    pub primary: f64,
+    pub canary_outcomes: u64,
+    pub primary_outcomes: u64,
+    /// Primary minus canary (positive: the canary is worse).
+    pub decrease: f64,
+    pub margin: f64,
+    /// The one-sided test (`promote_on = "steps"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z_limit: Option<f64>,
+    /// The posteriors (`promote_on = "probability"`): P(canary better), P(canary worse by
+    /// more than the margin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability_better: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability_worse: Option<f64>,
+    pub breach: bool,
+}
+
+/// Judges correctness once both sides have `min_outcomes`: label outcomes first (accuracy),
+/// else rewards. Runs before (and apart from) the `min_requests` gate: outcomes are the
+/// stronger evidence, and a wrong model must not keep serving while requests accumulate.
+fn outcome_check(plan: &RolloutPlan, canary: &Sample, primary: &Sample) -> Option<OutcomeTest> {
+    let (c, p) = (&canary.outcomes, &primary.outcomes);
+    let enough = |n: u64, m: u64| n >= plan.min_outcomes && m >= plan.min_outcomes;
+    let bayesian = plan.promote_on == PromoteOn::Probability;
+    if enough(c.labeled, p.labeled) {
+        let (ca, pa) = (c.accuracy()?, p.accuracy()?);
+        let margin = plan.max_accuracy_decrease;
+        let mut t = OutcomeTest {
+            metric: "accuracy",
+            canary: ca,
+            primary: pa,
+            canary_outcomes: c.labeled,
+            primary_outcomes: p.labeled,
+            decrease: pa - ca,
+            margin,
+            z: None,
+            z_limit: None,
+            probability_better: None,
+            probability_worse: None,
+            breach: false,
+        };
+        if bayesian {
+            let (cp, pp) = (
+                AccuracyPosterior::new(c.correct, c.labeled),
+                AccuracyPosterior::new(p.correct, p.labeled),
+            );
+            let worse = probability_above(pp, cp, margin);
+            t.probability_better = Some(probability_above(cp, pp, 0.0));
+            t.probability_worse = Some(worse);
+            t.breach = worse >= plan.min_probability_better;
+        } else {
+            let wrong = |t: &QualityTotals| (t.labeled - t.correct, t.labeled);
+            let test = error_rate_test(wrong(c), wrong(p), margin, plan.confidence);
+            t.z = Some(test.z);
+            t.z_limit = Some(test.z_limit);
+            t.breach = test.breach;
+        }
+        return Some(t);
+    }
+    if enough(c.rewards, p.rewards) {
+        let side = |t: &QualityTotals| {
+            (
+                t.reward_mean().unwrap_or(0.0),
+                t.reward_variance().unwrap_or(0.0),
+                t.rewards,
+            )
+        };
+        let (cs, ps) = (side(c), side(p));
+        let margin = plan.max_reward_decrease;
+        let mut t = OutcomeTest {
+            metric: "reward",
+            canary: cs.0,
+            primary: ps.0,
+            canary_outcomes: cs.2,
+            primary_outcomes: ps.2,
+            decrease: ps.0 - cs.0,
+            margin,
+            z: None,
+            z_limit: None,
+            probability_better: None,
+            probability_worse: None,
+            breach: false,
+        };
+        if bayesian {
+            let worse = reward_probability_above(ps, cs, margin).unwrap_or(0.0);
+            t.probability_better = reward_probability_above(cs, ps, 0.0);
+            t.probability_worse = Some(worse);
+            t.breach = worse >= plan.min_probability_better;
+        } else {
+            let (z, z_limit, breach) = reward_test(cs, ps, margin, plan.confidence);
+            t.z = Some(z);
+            t.z_limit = Some(z_limit);
+            t.breach = breach;
+        }
+        return Some(t);
+    }
+    None
+}
+
+fn describe_outcome_breach(t: &OutcomeTest) -> String {
+    let accuracy = t.metric == "accuracy";
+    let what = if accuracy { "accuracy" } else { "mean reward" };
+    let value = |v: f64| {
+        if accuracy {
+            format!("{:.1}%", v * 100.0)
+        } else {
+            format!("{v:.4}")
+        }
+    };
+    let evidence = match (t.z, t.z_limit, t.probability_worse) {
+        (Some(z), Some(limit), _) => format!("z = {z:.2} > {limit:.2}"),
+        (_, _, Some(p)) => format!("P(worse beyond the margin) = {p:.3}"),
+        _ => String::new(),
+    };
+    let margin = if t.metric == "accuracy" {
+        format!("{:.1} points", t.margin * 100.0)
+    } else {
+        format!("{}", t.margin)
+    };
+    format!(
+        "outcomes: {what} {} over {} outcomes against {} over {}: worse by more than the {margin}          allowed ({evidence})",
+        value(t.canary),
+        t.canary_outcomes,
+        value(t.primary),
+        t.primary_outcomes
+    )
+}
+
+/// Canary against primary (or a promoted version against its predecessor): correctness once
+/// both sides have `min_outcomes`; error rate, latency and predictions once both sides have
+/// `min_requests`.
 pub fn assess(plan: &RolloutPlan, canary: &Sample, primary: &Sample) -> Assessment {
     let mut a = base(canary, primary, plan.min_requests);
+    let mut breaches = Vec::new();
+    a.outcomes = outcome_check(plan, canary, primary);
+    if let Some(t) = &a.outcomes {
+        if t.breach {
+            breaches.push(describe_outcome_breach(t));
+        }
+        a.promote_early = a.judged
+            && !t.breach
+            && t.probability_better
+                .is_some_and(|p| p >= plan.min_probability_better);
+    }
     if !a.judged {
+        conclude(&mut a, breaches);
         return a;
     }
-    let mut breaches = Vec::new();
     error_check(&mut a, plan, &mut breaches);
     if let Some(p99) = primary.stats.p99_ms {
         // The primary's p99 is itself an estimate: compare with its upper confidence bound
@@ -267,7 +428,7 @@ fn conclude(a: &mut Assessment, breaches: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::plan::RolloutConfig;
+    use crate::rollout::plan::{PromoteOn, RolloutConfig};
     use crate::telemetry::window::RollingWindow;
     use std::time::Duration;
 
@@ -283,8 +444,57 @@ mod tests {
             version,
             stats: window.stats(Duration::from_secs(60)),
             predictions,
+            outcomes: QualityTotals::default(),
             basis: "step",
         }
+    }
+
+    fn labeled(mut s: Sample, correct: u64, labeled: u64) -> Sample {
+        s.outcomes.labeled = labeled;
+        s.outcomes.correct = correct;
+        s.outcomes.outcomes = labeled;
+        s
+    }
+
+    #[test]
+    fn outcomes_roll_back_a_wrong_canary_and_promote_a_better_one_early() {
+        let plan = RolloutConfig::default().plan(&Default::default()).unwrap();
+        let primary = labeled(sample(2, 2000, 0, Duration::from_millis(1)), 97, 100);
+        // Same predictions, same speed, no requests threshold reached yet: wrong on every row.
+        let wrong = labeled(sample(2, 150, 0, Duration::from_millis(1)), 0, 100);
+        let a = assess(&plan, &wrong, &primary);
+        assert!(!a.judged, "below min_requests");
+        let breach = a.breach.expect("a wrong canary is rolled back on outcomes");
+        assert!(
+            breach.contains("outcomes: accuracy 0.0% over 100 outcomes"),
+            "{breach}"
+        );
+        // Within the two-point margin: healthy, however many outcomes.
+        let close = labeled(sample(2, 300, 0, Duration::from_millis(1)), 9_650, 10_000);
+        let primary_many = labeled(sample(2, 2000, 0, Duration::from_millis(1)), 9_700, 10_000);
+        let a = assess(&plan, &close, &primary_many);
+        assert_eq!(a.breach, None, "{:?}", a.outcomes);
+        // Too few outcomes: nothing is decided on them.
+        let few = labeled(sample(2, 300, 0, Duration::from_millis(1)), 0, 99);
+        assert!(assess(&plan, &few, &primary).outcomes.is_none());
+
+        let bayes = RolloutConfig {
+            promote_on: PromoteOn::Probability,
+            ..RolloutConfig::default()
+        }
+        .plan(&Default::default())
+        .unwrap();
+        let weak = labeled(sample(2, 2000, 0, Duration::from_millis(1)), 70, 100);
+        let better = labeled(sample(2, 300, 0, Duration::from_millis(1)), 97, 100);
+        let a = assess(&bayes, &better, &weak);
+        assert!(a.promote_early && a.breach.is_none(), "{a:?}");
+        let t = a.outcomes.unwrap();
+        assert!(t.probability_better.unwrap() > 0.999);
+        let a = assess(&bayes, &wrong, &primary);
+        assert!(a.breach.unwrap().contains("P(worse beyond the margin)"));
+        // Better but not yet past min_requests: not promoted yet.
+        let early = labeled(sample(2, 150, 0, Duration::from_millis(1)), 97, 100);
+        assert!(!assess(&bayes, &early, &weak).promote_early);
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! A rollout's live state sits next to the traffic policy it drives, in
 //! [`crate::routing::rollout`]; the controller that ticks it is [`crate::controllers::guard`].
 
+pub mod bayes;
 pub mod judge;
 pub mod plan;
 pub mod stats;
 
 pub use judge::Assessment;
-pub use plan::{RolloutConfig, RolloutOverrides, RolloutPlan, ShadowStage};
+pub use plan::{PromoteOn, RolloutConfig, RolloutOverrides, RolloutPlan, ShadowStage};
 
 /// The actor named in the guard's own decisions.
 pub const GUARD: &str = "guard";

@@ -47,6 +47,30 @@ pub struct RolloutConfig {
     /// Run the candidate as a shadow before its first canary step; unset: no shadow stage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow_stage: Option<ShadowStage>,
+    /// Outcomes (labels, rewards) each side must have joined in a step before the guard
+    /// judges correctness; with fewer, the rollout is judged as without outcomes.
+    pub min_outcomes: u64,
+    /// Largest tolerated fall of the canary's accuracy below the primary's (0.02 = two
+    /// points), judged by a one-sided test at `confidence`.
+    pub max_accuracy_decrease: f64,
+    /// Largest tolerated fall of the canary's mean reward below the primary's, in the
+    /// reward's own units.
+    pub max_reward_decrease: f64,
+    /// "steps" (the default): promote when the last step passes. "probability": also promote
+    /// at once, before the last step, when the posterior probability that the canary is more
+    /// accurate (or rewarding) than the primary reaches `min_probability_better`, and roll back
+    /// when the probability that it is worse by more than the margin does.
+    pub promote_on: PromoteOn,
+    pub min_probability_better: f64,
+}
+
+/// When a rollout may end in promotion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteOn {
+    #[default]
+    Steps,
+    Probability,
 }
 
 impl Default for RolloutConfig {
@@ -65,8 +89,25 @@ impl Default for RolloutConfig {
             confidence: 0.999,
             watch_period: Duration::from_secs(60),
             shadow_stage: None,
+            min_outcomes: default_min_outcomes(),
+            max_accuracy_decrease: default_margin(),
+            max_reward_decrease: default_margin(),
+            promote_on: PromoteOn::Steps,
+            min_probability_better: default_min_probability(),
         }
     }
+}
+
+fn default_min_outcomes() -> u64 {
+    100
+}
+
+fn default_margin() -> f64 {
+    0.02
+}
+
+fn default_min_probability() -> f64 {
+    0.95
 }
 
 /// A shadow stage: the candidate sees copies of requests and answers nobody.
@@ -139,6 +180,21 @@ pub struct RolloutOverrides {
     /// See [`RolloutConfig::shadow_stage`]; replaces the configured stage as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_stage: Option<ShadowStage>,
+    /// See [`RolloutConfig::min_outcomes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_outcomes: Option<u64>,
+    /// See [`RolloutConfig::max_accuracy_decrease`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_accuracy_decrease: Option<f64>,
+    /// See [`RolloutConfig::max_reward_decrease`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reward_decrease: Option<f64>,
+    /// See [`RolloutConfig::promote_on`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_on: Option<PromoteOn>,
+    /// See [`RolloutConfig::min_probability_better`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_probability_better: Option<f64>,
 }
 
 // `ModelConfig` (which holds these) is compared for equality to tell whether a version must be
@@ -180,6 +236,17 @@ pub struct RolloutPlan {
     pub watch_period: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_stage: Option<ShadowStage>,
+    // Defaults, so that plans written before outcomes existed still read.
+    #[serde(default = "default_min_outcomes")]
+    pub min_outcomes: u64,
+    #[serde(default = "default_margin")]
+    pub max_accuracy_decrease: f64,
+    #[serde(default = "default_margin")]
+    pub max_reward_decrease: f64,
+    #[serde(default)]
+    pub promote_on: PromoteOn,
+    #[serde(default = "default_min_probability")]
+    pub min_probability_better: f64,
 }
 
 impl RolloutConfig {
@@ -203,6 +270,15 @@ impl RolloutConfig {
                 .clone()
                 .or_else(|| self.shadow_stage.clone())
                 .filter(|s| !s.duration.is_zero()),
+            min_outcomes: o.min_outcomes.unwrap_or(self.min_outcomes),
+            max_accuracy_decrease: o
+                .max_accuracy_decrease
+                .unwrap_or(self.max_accuracy_decrease),
+            max_reward_decrease: o.max_reward_decrease.unwrap_or(self.max_reward_decrease),
+            promote_on: o.promote_on.unwrap_or(self.promote_on),
+            min_probability_better: o
+                .min_probability_better
+                .unwrap_or(self.min_probability_better),
         };
         let problems = plan.problems();
         if problems.is_empty() {
@@ -280,6 +356,25 @@ impl RolloutPlan {
         check(
             (0.5..1.0).contains(&c),
             format!("confidence: {c} must be at least 0.5 and below 1"),
+        );
+        check(
+            self.min_outcomes >= 1,
+            "min_outcomes must be at least 1".into(),
+        );
+        let a = self.max_accuracy_decrease;
+        check(
+            (0.0..=1.0).contains(&a),
+            format!("max_accuracy_decrease: {a} is not a fraction from 0 to 1"),
+        );
+        let r = self.max_reward_decrease;
+        check(
+            r >= 0.0 && r.is_finite(),
+            format!("max_reward_decrease: {r} must be 0 or more"),
+        );
+        let p = self.min_probability_better;
+        check(
+            (0.5..1.0).contains(&p),
+            format!("min_probability_better: {p} must be at least 0.5 and below 1"),
         );
         if let Some(stage) = &self.shadow_stage {
             let rate = stage.sample_rate;

@@ -21,6 +21,14 @@
 //!   when what is left exceeds `max_prediction_psi`.
 //! - Shadow agreement: the Wilson score upper bound of the agreeing share; the stage fails
 //!   early once even that bound is below `min_agreement`.
+//! - Accuracy (from joined label outcomes): the error-rate test above on wrong answers. H0:
+//!   the canary's share of wrong answers exceeds the primary's by at most
+//!   `max_accuracy_decrease`; breach when z > Φ⁻¹(confidence). The Agresti–Caffo estimates
+//!   make it sample-size-aware: 100 outcomes a side prove a 0 %-against-97 % canary wrong, a
+//!   handful prove nothing.
+//! - Rewards: a one-sided Welch z-test on the means with the margin `max_reward_decrease`:
+//!   z = (r̄p − r̄c − δ) / √(sc²/nc + sp²/np); breach when z > Φ⁻¹(confidence).
+//! - The Bayesian mode's posterior probabilities are in [`super::bayes`].
 
 use serde::Serialize;
 
@@ -121,6 +129,22 @@ pub fn error_rate_test(
         z_limit,
         breach: z > z_limit,
     }
+}
+
+/// The reward test: (z, z limit, breach) for canary and primary (mean, sample variance,
+/// count) and the margin.
+pub fn reward_test(
+    canary: (f64, f64, u64),
+    primary: (f64, f64, u64),
+    margin: f64,
+    confidence: f64,
+) -> (f64, f64, bool) {
+    // A side whose rewards never varied still has the uncertainty of a handful of samples.
+    let variance = |v: f64, n: u64| v.max(1e-12) / n.max(1) as f64;
+    let se = (variance(canary.1, canary.2) + variance(primary.1, primary.2)).sqrt();
+    let z = (primary.0 - canary.0 - margin) / se;
+    let z_limit = normal_quantile(confidence);
+    (z, z_limit, z > z_limit)
 }
 
 /// P(X ≥ k) for X ~ Binomial(n, p). Terms are summed upward from k in log space; an answer

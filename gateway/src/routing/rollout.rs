@@ -13,6 +13,7 @@ use crate::repository::LoadedVersion;
 use crate::rollout::Assessment;
 use crate::rollout::RolloutPlan;
 use crate::telemetry::predictions::PredictionCounts;
+use crate::telemetry::quality::QualityTotals;
 use crate::telemetry::window::WindowStats;
 use sluice_core::Variant;
 use sluice_core::error::{ErrorKind, ServeError};
@@ -89,6 +90,26 @@ pub struct Marks {
     /// The candidate's answers when the phase began: as canary in a step, as primary in the
     /// watch.
     pub candidate: PredictionCounts,
+    /// The same three marks of the sides' joined outcomes.
+    pub outcomes: OutcomeMarks,
+}
+
+/// Joined-outcome totals when the rollout and the current phase began.
+#[derive(Clone, Debug, Default)]
+pub struct OutcomeMarks {
+    pub rollout_baseline: QualityTotals,
+    pub baseline: QualityTotals,
+    pub candidate: QualityTotals,
+}
+
+/// A loaded version's joined-outcome totals on one side of the split; empty for a version
+/// that is no longer loaded.
+pub fn quality_totals(routes: &ModelRoutes, version: u64, variant: Variant) -> QualityTotals {
+    routes
+        .versions
+        .get(&version)
+        .map(|v| v.quality.get(variant).totals())
+        .unwrap_or_default()
 }
 
 /// A loaded version's prediction counts on one side of the split, where marks start from;
@@ -106,6 +127,7 @@ pub fn prediction_counts(routes: &ModelRoutes, version: u64, variant: Variant) -
 pub struct Reference {
     pub stats: WindowStats,
     pub predictions: PredictionCounts,
+    pub outcomes: QualityTotals,
 }
 
 /// The baseline's numbers over the whole rollout, frozen for the watch.
@@ -120,6 +142,11 @@ pub fn predecessor(baseline: &LoadedVersion, r: &Rollout) -> Reference {
             .predictions
             .counts(Variant::Primary)
             .since(&r.marks.rollout_baseline),
+        outcomes: baseline
+            .quality
+            .get(Variant::Primary)
+            .totals()
+            .since(&r.marks.outcomes.rollout_baseline),
     }
 }
 
@@ -235,10 +262,16 @@ impl Rollout {
         }
         let mut rollout = Rollout::fresh(candidate, primary.version, plan, actor, now);
         let baseline = primary.windows.predictions.counts(Variant::Primary);
+        let baseline_outcomes = primary.quality.get(Variant::Primary).totals();
         rollout.marks = Marks {
             rollout_baseline: baseline.clone(),
             baseline,
             candidate: target.windows.predictions.counts(Variant::Canary),
+            outcomes: OutcomeMarks {
+                rollout_baseline: baseline_outcomes.clone(),
+                baseline: baseline_outcomes,
+                candidate: target.quality.get(Variant::Canary).totals(),
+            },
         };
         let traffic = rollout.traffic(&routes.traffic);
         Ok((rollout, traffic))

@@ -35,10 +35,15 @@ pub struct HttpState {
     pub body_read_timeout: std::time::Duration,
     /// Gatekeeper for mutating calls.
     pub auth: super::auth::AdminAuth,
+    /// Gatekeeper for the outcomes endpoint (its own token, so applications need not hold
+    /// the admin one).
+    pub outcomes_auth: super::auth::AdminAuth,
     /// Runs guarded rollouts.
     pub guard: Arc<crate::controllers::Guard>,
     /// Where every change of a model goes (this node, or the fleet's control topic).
     pub control: Arc<dyn crate::control::ModelControl>,
+    /// The model sources (bucket, registries): their status and webhooks.
+    pub sources: Arc<crate::sources::Sources>,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -67,6 +72,7 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         // a path pattern cannot split; the handler parses the tail itself.
         .route("/v1/models/{*target}", post(v1_predict))
         .merge(super::admin::routes())
+        .merge(super::outcomes::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Outermost: whatever answers an error without JSON (an extractor's rejection, such
@@ -353,9 +359,17 @@ fn check_encoded_size(state: &HttpState, len: usize) -> ServeResult<()> {
     Ok(())
 }
 
-/// Says which version and which side of the traffic split answered.
+/// Says which version and which side of the traffic split answered, and the request id the
+/// answer's outcome should name (an id that cannot be a header value is in the body only).
 fn stamp_version(http: &mut Response, response: &sluice_core::InferResponse) {
     let headers = http.headers_mut();
+    if let Some(id) = response
+        .id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(crate::infer::REQUEST_ID_HEADER, id);
+    }
     headers.insert(MODEL_VERSION_HEADER, HeaderValue::from(response.version));
     headers.insert(
         VARIANT_HEADER,

@@ -48,6 +48,9 @@ pub const EXPECTATION_VIOLATIONS: &str = "sluice_expectation_violations_total";
 pub const FLEET_RECORDS: &str = "sluice_fleet_records_total";
 pub const CONNECTIONS_OPEN: &str = "sluice_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
+pub const SOURCE_UP: &str = "sluice_source_up";
+pub const SOURCE_ERRORS: &str = "sluice_source_errors_total";
+pub const SOURCE_REFUSED: &str = "sluice_source_refused_versions_total";
 
 /// Latency buckets from 50 us to 10 s: small models answer in tens of microseconds, and the
 /// tail under overload reaches seconds.
@@ -277,6 +280,40 @@ fn describe() {
         Unit::Count,
         "Model versions in memory (loaded, or swapped out with requests still in flight)"
     );
+    describe_sources();
+    describe_quality();
+}
+
+/// The model sources' metrics (object storage, registries): labelled by the source's name
+/// from the config.
+fn describe_sources() {
+    describe_gauge!(
+        SOURCE_UP,
+        "1 when the model source's last check got an answer, 0 while it fails (serving goes \
+         on with what is loaded)"
+    );
+    describe_counter!(
+        SOURCE_ERRORS,
+        Unit::Count,
+        "Failed checks or downloads of a model source (unreachable, denied, timed out)"
+    );
+    describe_counter!(
+        SOURCE_REFUSED,
+        Unit::Count,
+        "Versions a model source refused (corrupt, not a model, over the cache bound)"
+    );
+}
+
+/// A model source's check: up or failed.
+pub fn record_source_check(source: &str, ok: bool) {
+    gauge!(SOURCE_UP, "source" => source.to_string()).set(if ok { 1.0 } else { 0.0 });
+    if !ok {
+        counter!(SOURCE_ERRORS, "source" => source.to_string()).increment(1);
+    }
+}
+
+pub fn record_source_refusal(source: &str) {
+    counter!(SOURCE_REFUSED, "source" => source.to_string()).increment(1);
 }
 
 /// One finished inference on a resolved version.
@@ -511,4 +548,163 @@ pub fn record_predlog_backlog(records: usize, bytes: usize) {
 
 pub fn record_lifecycle_event(model: &str, kind: &'static str) {
     counter!(LIFECYCLE_EVENTS, "model" => model.to_string(), "kind" => kind).increment(1);
+}
+
+pub const OUTCOMES: &str = "sluice_outcomes_total";
+pub const JOINED_OUTCOMES: &str = "sluice_quality_outcomes_total";
+pub const CORRECT_OUTCOMES: &str = "sluice_quality_correct_total";
+pub const OUTCOME_INDEX_ENTRIES: &str = "sluice_outcome_index_predictions";
+pub const OUTCOME_INDEX_EVICTIONS: &str = "sluice_outcome_index_evictions_total";
+pub const QUALITY_ACCURACY: &str = "sluice_quality_accuracy";
+pub const QUALITY_LOG_LOSS: &str = "sluice_quality_log_loss";
+pub const QUALITY_BRIER: &str = "sluice_quality_brier";
+pub const QUALITY_ROC_AUC: &str = "sluice_quality_roc_auc";
+pub const QUALITY_MAE: &str = "sluice_quality_mae";
+pub const QUALITY_RMSE: &str = "sluice_quality_rmse";
+pub const QUALITY_REWARD_MEAN: &str = "sluice_quality_reward_mean";
+pub const QUALITY_BASELINE: &str = "sluice_quality_baseline_accuracy";
+pub const QUALITY_BELOW_BASELINE: &str = "sluice_quality_below_baseline";
+
+/// Outcomes and live quality (the `outcomes` module and the quality controller).
+fn describe_quality() {
+    describe_counter!(
+        OUTCOMES,
+        Unit::Count,
+        "Outcome records received, by model, source (http, kafka) and result: matched, late \
+         (held until their request answered), duplicate, unknown (never served here, failed, \
+         or evicted), mismatched (a kind that does not fit the prediction), invalid (topic \
+         records that are not sluice.outcome.v1)"
+    );
+    describe_counter!(
+        JOINED_OUTCOMES,
+        Unit::Count,
+        "Outcomes joined with their prediction, by model, version, variant and kind (label, \
+         value, reward)"
+    );
+    describe_counter!(
+        CORRECT_OUTCOMES,
+        Unit::Count,
+        "Label outcomes whose prediction was right, by model, version and variant"
+    );
+    describe_gauge!(
+        OUTCOME_INDEX_ENTRIES,
+        Unit::Count,
+        "Recent predictions held for outcomes to join"
+    );
+    describe_counter!(
+        OUTCOME_INDEX_EVICTIONS,
+        Unit::Count,
+        "Predictions that left the join index, by reason: capacity (outcomes.max_predictions) \
+         or age (outcomes.max_age)"
+    );
+    for (name, what) in [
+        (
+            QUALITY_ACCURACY,
+            "Share of label outcomes the prediction got right",
+        ),
+        (
+            QUALITY_LOG_LOSS,
+            "Mean log loss of label outcomes (class probabilities needed)",
+        ),
+        (
+            QUALITY_BRIER,
+            "Mean Brier score of label outcomes (class probabilities needed)",
+        ),
+        (
+            QUALITY_ROC_AUC,
+            "ROC AUC of two-class label outcomes (binned)",
+        ),
+        (QUALITY_MAE, "Mean absolute error of value outcomes"),
+        (QUALITY_RMSE, "Root mean squared error of value outcomes"),
+        (QUALITY_REWARD_MEAN, "Mean reward"),
+    ] {
+        describe_gauge!(
+            name,
+            format!(
+                "{what}, per model, version and variant, over outcomes.alert_window; absent \
+                 without outcomes"
+            )
+        );
+    }
+    describe_gauge!(
+        QUALITY_BASELINE,
+        "Offline accuracy of a version on its profile sample (sluice profile --labels)"
+    );
+    describe_gauge!(
+        QUALITY_BELOW_BASELINE,
+        "1 while a version's live accuracy is more than outcomes.baseline_margin below its \
+         baseline, else 0"
+    );
+}
+
+pub fn record_outcomes(model: &str, source: &'static str, counts: &[(&'static str, u64)]) {
+    for &(result, n) in counts {
+        if n > 0 {
+            counter!(OUTCOMES, "model" => model.to_string(), "source" => source, "result" => result)
+                .increment(n);
+        }
+    }
+}
+
+pub fn record_joined_outcome(
+    model: &str,
+    version: u64,
+    variant: Variant,
+    kind: &'static str,
+    correct: Option<bool>,
+) {
+    let labels = [
+        Label::new("model", model.to_string()),
+        Label::new("version", version.to_string()),
+        Label::new("variant", variant.as_str()),
+    ];
+    let mut with_kind = labels.to_vec();
+    with_kind.push(Label::new("kind", kind));
+    counter!(JOINED_OUTCOMES, with_kind).increment(1);
+    if let Some(correct) = correct {
+        counter!(CORRECT_OUTCOMES, labels.to_vec()).increment(u64::from(correct));
+    }
+}
+
+pub fn record_outcome_index(entries: usize, capacity_evictions: u64, age_evictions: u64) {
+    gauge!(OUTCOME_INDEX_ENTRIES).set(entries as f64);
+    counter!(OUTCOME_INDEX_EVICTIONS, "reason" => "capacity").absolute(capacity_evictions);
+    counter!(OUTCOME_INDEX_EVICTIONS, "reason" => "age").absolute(age_evictions);
+}
+
+/// A version's live quality over the alert window, and its baseline; each gauge is set only
+/// when it has a value.
+pub fn record_quality(
+    model: &str,
+    version: u64,
+    variant: Variant,
+    view: &crate::telemetry::quality::QualityView,
+) {
+    let labels = vec![
+        Label::new("model", model.to_string()),
+        Label::new("version", version.to_string()),
+        Label::new("variant", variant.as_str()),
+    ];
+    for (name, value) in [
+        (QUALITY_ACCURACY, view.accuracy),
+        (QUALITY_LOG_LOSS, view.log_loss),
+        (QUALITY_BRIER, view.brier),
+        (QUALITY_ROC_AUC, view.roc_auc),
+        (QUALITY_MAE, view.mae),
+        (QUALITY_RMSE, view.rmse),
+        (QUALITY_REWARD_MEAN, view.reward_mean),
+    ] {
+        if let Some(value) = value {
+            gauge!(name, labels.clone()).set(value);
+        }
+    }
+}
+
+pub fn record_quality_baseline(model: &str, version: u64, accuracy: f64, below: bool) {
+    let labels = vec![
+        Label::new("model", model.to_string()),
+        Label::new("version", version.to_string()),
+    ];
+    gauge!(QUALITY_BASELINE, labels.clone()).set(accuracy);
+    gauge!(QUALITY_BELOW_BASELINE, labels).set(if below { 1.0 } else { 0.0 });
 }

@@ -9,8 +9,10 @@ use crate::rollout::GUARD;
 use crate::rollout::judge::{Assessment, Sample, assess, assess_shadow};
 use crate::routing::ModelRoutes;
 use crate::routing::rollout::{
-    Marks, Phase, Reference, Rollout, RolloutState, predecessor, prediction_counts,
+    Marks, OutcomeMarks, Phase, Reference, Rollout, RolloutState, predecessor, prediction_counts,
+    quality_totals,
 };
+use crate::telemetry::quality::QualityTotals;
 use sluice_core::Variant;
 
 /// What the guard decided for one rollout at one tick.
@@ -22,9 +24,11 @@ pub(super) enum Action {
     },
     /// The shadow stage passed: on to the first canary step.
     PassShadow,
-    /// The last step passed: the candidate becomes primary.
+    /// The last step passed (or, with `promote_on = "probability"`, the candidate proved
+    /// better early, `early` saying how): the candidate becomes primary.
     Promote {
         reference: Arc<Reference>,
+        early: Option<String>,
     },
     Rollback {
         reason: String,
@@ -72,6 +76,7 @@ pub(super) fn evaluate(
                     .get(Variant::Shadow)
                     .stats_since(r.phase_started),
                 predictions: Default::default(),
+                outcomes: Default::default(),
                 basis: "shadow",
             };
             let primary = primary_sample(baseline, r);
@@ -94,12 +99,32 @@ pub(super) fn evaluate(
                 Some(reason) => Some(Action::Rollback {
                     reason: format!("step {} at {}%: {reason}", i + 1, plan.weight(i)),
                 }),
+                None if a.promote_early => Some(Action::Promote {
+                    reference: Arc::new(predecessor(baseline, r)),
+                    early: a.outcomes.as_ref().map(|t| {
+                        format!(
+                            "promoted at step {} of {} ({}%): P(more accurate than version {}) = \
+                             {:.3} over {} and {} outcomes ({} {:.4} against {:.4})",
+                            i + 1,
+                            plan.steps.len(),
+                            plan.weight(i),
+                            r.baseline,
+                            t.probability_better.unwrap_or(0.0),
+                            t.canary_outcomes,
+                            t.primary_outcomes,
+                            t.metric,
+                            t.canary,
+                            t.primary
+                        )
+                    }),
+                }),
                 None if a.judged && elapsed >= plan.step_duration => {
                     Some(if i + 1 < plan.steps.len() {
                         Action::Advance { to: i + 1 }
                     } else {
                         Action::Promote {
                             reference: Arc::new(predecessor(baseline, r)),
+                            early: None,
                         }
                     })
                 }
@@ -116,6 +141,7 @@ pub(super) fn evaluate(
                 version: r.baseline,
                 stats: reference.stats.clone(),
                 predictions: reference.predictions.clone(),
+                outcomes: reference.outcomes.clone(),
                 basis: "predecessor",
             };
             let a = assess(plan, &promoted, &before);
@@ -151,6 +177,11 @@ fn candidate_sample(
             .predictions
             .counts(variant)
             .since(&r.marks.candidate),
+        outcomes: candidate
+            .quality
+            .get(variant)
+            .totals()
+            .since(&r.marks.outcomes.candidate),
         basis,
     }
 }
@@ -160,6 +191,7 @@ fn candidate_sample(
 fn primary_sample(baseline: &LoadedVersion, r: &Rollout) -> Sample {
     let window = baseline.windows.get(Variant::Primary);
     let counts = baseline.windows.predictions.counts(Variant::Primary);
+    let outcomes = baseline.quality.get(Variant::Primary).totals();
     let step = window.stats_since(r.phase_started);
     // At 100 % the step's primary numbers are a few stragglers from its first second.
     let full = matches!(r.phase, Phase::Step(i) if r.plan.weight(i) >= 100.0);
@@ -168,6 +200,7 @@ fn primary_sample(baseline: &LoadedVersion, r: &Rollout) -> Sample {
             version: r.baseline,
             stats: step,
             predictions: counts.since(&r.marks.baseline),
+            outcomes: step_outcomes(&outcomes, r),
             basis: "step",
         };
     }
@@ -175,7 +208,19 @@ fn primary_sample(baseline: &LoadedVersion, r: &Rollout) -> Sample {
         version: r.baseline,
         stats: window.stats_since(r.started),
         predictions: counts.since(&r.marks.rollout_baseline),
+        outcomes: outcomes.since(&r.marks.outcomes.rollout_baseline),
         basis: "rollout",
+    }
+}
+
+/// The baseline's outcomes over the step, or over the whole rollout when the step has fewer
+/// than `min_outcomes` (outcomes arrive late: the step's own are often still few).
+fn step_outcomes(outcomes: &QualityTotals, r: &Rollout) -> QualityTotals {
+    let step = outcomes.since(&r.marks.outcomes.baseline);
+    if step.labeled >= r.plan.min_outcomes || step.rewards >= r.plan.min_outcomes {
+        step
+    } else {
+        outcomes.since(&r.marks.outcomes.rollout_baseline)
     }
 }
 
@@ -188,10 +233,16 @@ pub(super) fn transition(
     now: Instant,
 ) -> Rollout {
     let counts = |version, variant| prediction_counts(routes, version, variant);
+    let totals = |version, variant| quality_totals(routes, version, variant);
     let step_marks = || Marks {
         rollout_baseline: r.marks.rollout_baseline.clone(),
         baseline: counts(r.baseline, Variant::Primary),
         candidate: counts(r.candidate, Variant::Canary),
+        outcomes: OutcomeMarks {
+            rollout_baseline: r.marks.outcomes.rollout_baseline.clone(),
+            baseline: totals(r.baseline, Variant::Primary),
+            candidate: totals(r.candidate, Variant::Canary),
+        },
     };
     let plan = &r.plan;
     let (mut next, decision, actor, reason) = match action {
@@ -218,9 +269,13 @@ pub(super) fn transition(
             GUARD,
             format!("shadow stage passed; canary weight {}%", plan.weight(0)),
         ),
-        Action::Promote { reference } => {
+        Action::Promote { reference, early } => {
             let marks = Marks {
                 candidate: counts(r.candidate, Variant::Primary),
+                outcomes: OutcomeMarks {
+                    candidate: totals(r.candidate, Variant::Primary),
+                    ..r.marks.outcomes.clone()
+                },
                 ..r.marks.clone()
             };
             let phase = if plan.watch_period.is_zero() {
@@ -239,11 +294,10 @@ pub(super) fn transition(
             } else {
                 String::new()
             };
-            let reason = format!(
-                "all {} steps passed; version {} is primary{watch}",
-                plan.steps.len(),
-                r.candidate
-            );
+            let how = early
+                .clone()
+                .unwrap_or_else(|| format!("all {} steps passed", plan.steps.len()));
+            let reason = format!("{how}; version {} is primary{watch}", r.candidate);
             (next, "promote", GUARD, reason)
         }
         Action::Rollback { reason } => (

@@ -241,6 +241,7 @@ fn a_quiet_watch_ends_and_the_promotion_stands() {
     let (routes, rollout) = setup(0, Duration::from_secs(1));
     healthy_step(&routes);
     let promote = Action::Promote {
+        early: None,
         reference: Arc::new(crate::routing::rollout::predecessor(
             &routes.versions[&1],
             &rollout,
