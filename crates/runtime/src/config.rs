@@ -73,6 +73,12 @@ pub struct RuntimeConfig {
     pub ort: OrtOptions,
     /// Dynamic batching for models whose `model.toml` does not set it.
     pub batching: Batching,
+    /// Microseconds a request may run on the thread that received it instead of being handed
+    /// to the model's workers: a request runs inline when its rows times the version's
+    /// batch-1 run (timed at load) fit in this, and an instance is free. For models that run
+    /// in a few microseconds the hand-off costs more than the run. 0 hands every request to
+    /// the workers.
+    pub inline_max_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -85,8 +91,16 @@ impl Default for RuntimeConfig {
             queue_capacity: 1024,
             ort: Default::default(),
             batching: Default::default(),
+            inline_max_us: default_inline_max_us(),
         }
     }
+}
+
+/// Measured on the bench models (README, "Runtimes"): the hand-off to a worker and back costs
+/// ~5-8 us of CPU, so a run of up to a few times that is cheaper inline; beyond ~20 us a
+/// reactor thread would be held long enough to delay other connections' reads.
+fn default_inline_max_us() -> u64 {
+    20
 }
 
 /// One worker per core, up to 4: small models are latency-bound, not compute-bound.
@@ -102,6 +116,9 @@ impl RuntimeConfig {
         let mut problems = Vec::new();
         if self.instances == 0 {
             problems.push("runtime.instances must be at least 1".into());
+        }
+        if self.inline_max_us > 1_000 {
+            problems.push("runtime.inline_max_us must be at most 1000 (1 ms)".into());
         }
         if self.queue_capacity == 0 {
             problems.push("runtime.queue_capacity must be at least 1".into());
