@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
             get(show_traffic).put(set_traffic),
         )
         .merge(super::rollouts::routes())
+        .merge(super::sources::routes())
 }
 
 /// Triton's index entry: versions are strings, absent when nothing is loaded.
@@ -147,6 +148,10 @@ struct ModelView<'a> {
     traffic: TrafficPolicy,
     /// Shadow comparisons so far, per shadow version.
     shadow: Vec<ShadowView>,
+    /// The sources that feed this model (a bucket, a registry): what they last saw and their
+    /// last error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<crate::sources::SourceView>,
 }
 
 #[derive(Serialize)]
@@ -206,6 +211,7 @@ fn model_view<'a>(
             .into_iter()
             .map(|(version, summary)| ShadowView { version, summary })
             .collect(),
+        sources: state.sources.feeding(name),
     }
 }
 
@@ -233,7 +239,11 @@ async fn show_model(State(state): AppState, Path(model): Path<String>) -> Respon
     let snapshot = state.models.router().snapshot();
     let failure = state.models.failures().remove(&model);
     let found: ServeResult<Response> = match (snapshot.models.get(&model), failure) {
-        (None, None) => Err(ServeError::unknown_model(&model)),
+        // A model a source feeds but has not loaded yet (its registry unreachable since
+        // start-up) is shown with the source's error.
+        (None, None) if state.sources.feeding(&model).is_empty() => {
+            Err(ServeError::unknown_model(&model))
+        }
         (routes, failure) => Ok(json_ok(&model_view(&state, &model, routes, failure))),
     };
     found.unwrap_or_else(IntoResponse::into_response)
@@ -277,6 +287,10 @@ struct VariantStats {
     variant: sluice_core::Variant,
     #[serde(flatten)]
     stats: crate::telemetry::window::WindowStats,
+    /// Live quality from joined outcomes over the same span (at most 5 minutes, in
+    /// 10-second slots); absent before any outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<crate::telemetry::quality::QualityView>,
 }
 
 /// Drift of one version over its drift window (`drift.window`, not the stats span).
@@ -315,11 +329,14 @@ async fn model_stats(
                 sluice_core::Variant::Shadow,
             ] {
                 let stats = version.windows.get(variant).stats(span);
-                if stats.requests > 0 {
+                let quality = Some(version.quality.get(variant).view(span))
+                    .filter(|q| q.outcomes > 0 && variant != sluice_core::Variant::Shadow);
+                if stats.requests > 0 || quality.is_some() {
                     series.push(VariantStats {
                         version: version.version,
                         variant,
                         stats,
+                        quality,
                     });
                 }
             }
@@ -341,6 +358,15 @@ async fn model_stats(
             "window_seconds": span.as_secs().clamp(1, 120),
             "series": series,
             "drift": drift,
+            "baseline_accuracy": routes
+                .versions
+                .values()
+                .rev()
+                .filter_map(|v| Some(serde_json::json!({
+                    "version": v.version,
+                    "accuracy": v.baseline_accuracy?,
+                })))
+                .collect::<Vec<_>>(),
         })))
     };
     run().unwrap_or_else(IntoResponse::into_response)

@@ -237,7 +237,18 @@ impl GrpcInferenceService for InferenceService {
         // Metadata is where a sticky-routing key header arrives over gRPC.
         request.keys.headers = metadata.into_headers();
         let response = self.0.inference.infer(request).await?;
-        Ok(Response::new(codec::encode_response(response)))
+        // The id is in the message (`id`) and, as over HTTP, in the sluice-request-id header.
+        let id = response
+            .id
+            .as_deref()
+            .and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok());
+        let mut answer = Response::new(codec::encode_response(response));
+        if let Some(id) = id {
+            answer
+                .metadata_mut()
+                .insert(crate::infer::REQUEST_ID_HEADER, id);
+        }
+        Ok(answer)
     }
 
     async fn repository_index(
