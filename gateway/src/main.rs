@@ -82,6 +82,9 @@ enum CtlAction {
     },
     /// p50/p99, error rates and drift per version and variant over the last minute.
     Stats { name: String },
+    /// The model sources (a bucket, MLflow registries): what each last saw, changed and
+    /// failed at.
+    Sources,
 }
 
 #[derive(Args)]
@@ -307,6 +310,7 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
             ),
         },
         CtlAction::Stats { name } => (Method::GET, format!("/admin/v1/models/{name}/stats"), None),
+        CtlAction::Sources => (Method::GET, "/admin/v1/sources".to_string(), None),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

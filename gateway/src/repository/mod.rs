@@ -12,7 +12,7 @@ mod config;
 #[cfg(test)]
 pub mod testing;
 
-pub use config::{RepositoryConfig, VersionPolicy};
+pub use config::{ObjectStoreConfig, RepositoryConfig, VersionPolicy};
 pub use loader::{LoadedVersion, Loader, alive_versions};
 pub use model_config::{DeclaredInput, ModelConfig};
 
