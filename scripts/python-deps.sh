@@ -24,7 +24,7 @@ if [[ ! -e "$marker" ]]; then
     echo "python-deps: installing $(basename "$REQS") into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" >&2
     # Fail here, not in a test, if something does not import.
-    "$VENV/bin/python" -c 'import numpy, scipy, requests, onnxruntime, tritonclient.http, tritonclient.grpc, onnx, sklearn' >&2
+    "$VENV/bin/python" -c 'import numpy, scipy, requests, onnxruntime, tritonclient.http, tritonclient.grpc, mlflow, moto.server, onnx, sklearn' >&2
     rm -f "$VENV"/.deps-*
     touch "$marker"
 fi
