@@ -18,6 +18,7 @@ mod http_v1;
 mod http_v2;
 mod lifecycle;
 mod mlflow_source;
+mod outcome_rollouts;
 mod outcomes;
 mod overload;
 mod prediction_log;

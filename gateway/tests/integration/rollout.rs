@@ -18,7 +18,7 @@ const TOKEN: &str = "rollout-token";
 
 /// The tests run one at a time: each puts a few hundred requests a second through a server,
 /// and on a small machine side-by-side runs would measure each other's load, not the guard.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ROLLOUT: &str = "/admin/v1/models/mlp/rollout";
 
 fn candidates() -> std::path::PathBuf {
