@@ -380,3 +380,33 @@ async fn sticky_keys_work_over_grpc() {
     assert_eq!(seen.len(), 2, "a 50% split over 40 keys used only {seen:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_request_id_in_the_message_and_the_metadata() {
+    let server = TestServer::start(test_config(&bench_repo(), RuntimeChoice::Tract)).await;
+    let mut grpc = client(&server).await;
+    let fixture = read_json(&fixtures().join("bench/mlp_request_b1.json"));
+    let mut request = raw_request("mlp", "1", &fixture);
+    request.id = "grpc-7".into();
+    let response = grpc.model_infer(request).await.expect("infer");
+    assert_eq!(
+        response.metadata().get("sluice-request-id").unwrap(),
+        "grpc-7"
+    );
+    assert_eq!(response.into_inner().id, "grpc-7");
+    // Without one, sluice makes one and says it both ways.
+    let response = grpc
+        .model_infer(raw_request("mlp", "1", &fixture))
+        .await
+        .expect("infer");
+    let header = response
+        .metadata()
+        .get("sluice-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id = response.into_inner().id;
+    assert_eq!((id.len(), header), (29, id.clone()));
+    server.stop().await;
+}
