@@ -113,6 +113,11 @@ struct ProfileArgs {
     /// Write here instead of <repository>/<model>/<version>/profile.json.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// One true class label per sample row, in the sample's order: .npy (1-D, integers or
+    /// floats) or text with one number per line. Stores the version's accuracy (log loss, ROC
+    /// AUC) on the sample: the live accuracy alert's baseline. Classifiers only.
+    #[arg(long)]
+    labels: Option<PathBuf>,
 }
 
 fn parse_runtime(text: &str) -> Result<sluice_runtime::RuntimeChoice, String> {
@@ -354,6 +359,7 @@ fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
         quantiles: args.quantiles,
         input: args.input.clone(),
         output: args.output.clone(),
+        labels: args.labels.clone(),
     };
     let (path, profile) = write_profile(&config, &request)?;
     let prediction = match &profile.prediction {
@@ -370,6 +376,18 @@ fn profile(args: &ProfileArgs) -> anyhow::Result<()> {
         profile.features.len(),
         profile.input
     );
+    if let Some(q) = &profile.quality {
+        let optional = |name: &str, value: Option<f64>| {
+            value.map_or(String::new(), |v| format!(", {name} {v:.4}"))
+        };
+        println!(
+            "quality on {} labelled rows: accuracy {:.4}{}{}",
+            q.rows,
+            q.accuracy,
+            optional("log loss", q.log_loss),
+            optional("ROC AUC", q.roc_auc)
+        );
+    }
     Ok(())
 }
 

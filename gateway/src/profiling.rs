@@ -1,6 +1,11 @@
 //! `sluice profile`: builds a version's `profile.json` from a sample of training rows, running
 //! the model itself (through the same runtimes and `model.toml` settings the server uses) to
-//! get the reference distribution of its prediction.
+//! get the reference distribution of its prediction. With `--labels`, the same run's answers
+//! are scored against the true labels ([`quality`]) and stored as the live accuracy alert's
+//! baseline.
+
+pub mod labels;
+pub mod quality;
 
 use std::path::PathBuf;
 
@@ -9,8 +14,10 @@ use crate::drift::profile::{
     ClassShare, ClassSource, Continuous, FeatureProfile, PredictionProfile, Profile, ProfileError,
     SCHEMA, SampleInfo,
 };
-use crate::drift::sample::{self, Sample};
+use crate::drift::sample::{self, Sample, SampleError};
 use crate::repository::{self, Loader, ModelDir};
+use crate::telemetry::quality::MAX_KEPT_ROWS;
+use labels::Labels;
 use sluice_core::tensor::{DataType, ModelSignature, Tensor, TensorData};
 use sluice_runtime::Backend;
 
@@ -19,6 +26,8 @@ use sluice_runtime::Backend;
 pub const DEFAULT_QUANTILES: usize = 200;
 /// Rows per model run while predicting the sample.
 const RUN_ROWS: usize = 256;
+// The labels are scored run by run, and the live join keeps this many rows of an answer.
+const _: () = assert!(RUN_ROWS <= MAX_KEPT_ROWS);
 
 /// What to profile, as `sluice profile` takes it.
 #[derive(Clone, Debug)]
@@ -34,6 +43,19 @@ pub struct ProfileRequest {
     pub input: Option<String>,
     /// Where to write; default: `<repository>/<model>/<version>/profile.json`.
     pub output: Option<PathBuf>,
+    /// One true class label per sample row: the version's offline quality on the sample is
+    /// stored in the profile (`quality`), the baseline of the live accuracy alert.
+    pub labels: Option<PathBuf>,
+}
+
+/// The rows a profile is built from, as read from disk.
+#[derive(Clone, Debug)]
+pub struct ProfileRows {
+    pub sample: Sample,
+    /// The sample file's name, for the profile's reader.
+    pub name: String,
+    /// One label per sample row (`--labels`).
+    pub labels: Option<Labels>,
 }
 
 /// Builds the profile `request` describes and writes it; returns where it went.
@@ -59,13 +81,36 @@ pub fn write_profile(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let labels = match &request.labels {
+        Some(path) => {
+            let labels = labels::read(path)?;
+            if labels.values.len() != sample.rows {
+                return Err(SampleError::Invalid {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "{} labels for the {} rows of {name}: the file needs one true label \
+                         per sample row, in the sample's order",
+                        labels.values.len(),
+                        sample.rows
+                    ),
+                }
+                .into());
+            }
+            Some(labels)
+        }
+        None => None,
+    };
+    let rows = ProfileRows {
+        sample,
+        name,
+        labels,
+    };
     let profile = build_profile(
         &model,
         request.version,
         &signature,
         backend.as_mut(),
-        &sample,
-        &name,
+        &rows,
         request,
     )?;
     let path = request.output.clone().unwrap_or_else(|| {
@@ -83,11 +128,11 @@ pub fn build_profile(
     version: u64,
     signature: &ModelSignature,
     backend: &mut dyn Backend,
-    sample: &Sample,
-    sample_name: &str,
+    rows: &ProfileRows,
     request: &ProfileRequest,
 ) -> Result<Profile, ProfileError> {
     let fail = |message: String| ProfileError::Model(message);
+    let sample = &rows.sample;
     if request.quantiles == 0
         || !request
             .quantiles
@@ -114,15 +159,37 @@ pub fn build_profile(
             .ok_or_else(|| fail(format!("feature '{name}' has no values (all NaN)")))?;
         features.push(feature);
     }
+    // Checked before the run, and the labels' values only once the model takes labels: a
+    // regressor's float targets are refused for being a regressor's, not for their fractions.
+    let mut scorer = match &rows.labels {
+        Some(labels) => {
+            quality::check_classifier(signature).map_err(fail)?;
+            let classes = labels::classes(labels).map_err(fail)?;
+            Some(quality::Scorer::new(classes, labels.file.clone()))
+        }
+        None => None,
+    };
+    let mut reference = choose_target(signature).map(Reference::new);
     let prediction = if signature.inputs.len() == 1 {
-        predict(
-            signature,
-            backend,
-            sample,
-            input.datatype,
-            request.quantiles,
-        )
-        .map_err(fail)?
+        if reference.is_some() || scorer.is_some() {
+            run_sample(
+                signature,
+                backend,
+                sample,
+                input.datatype,
+                |start, n, outputs| {
+                    if let Some(reference) = &mut reference {
+                        reference.add(n, outputs)?;
+                    }
+                    if let Some(scorer) = &mut scorer {
+                        scorer.add(start, n, outputs)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(fail)?;
+        }
+        reference.and_then(|r| r.finish(signature, request.quantiles))
     } else {
         // Other inputs are not in the sample, so the model cannot run on it.
         tracing::warn!(
@@ -131,18 +198,22 @@ pub fn build_profile(
         );
         None
     };
+    let quality = scorer
+        .map(quality::Scorer::finish)
+        .transpose()
+        .map_err(fail)?;
     Ok(Profile {
         schema: SCHEMA.to_string(),
         model: model.name.clone(),
         version,
         input: input.name.clone(),
         sample: SampleInfo {
-            file: sample_name.to_string(),
+            file: rows.name.clone(),
             rows: sample.rows,
         },
         features,
         prediction,
-        quality: None,
+        quality,
     })
 }
 
@@ -238,20 +309,16 @@ fn choose_target(signature: &ModelSignature) -> Option<Target> {
     })
 }
 
-/// Runs the model on the sample and builds the prediction's reference distribution.
-fn predict(
+/// Runs the model over the sample, [`RUN_ROWS`] rows at a time, handing each run's answer
+/// (every output, signature order) to `each` with its first row and its row count.
+fn run_sample(
     signature: &ModelSignature,
     backend: &mut dyn Backend,
     sample: &Sample,
     datatype: DataType,
-    quantiles: usize,
-) -> Result<Option<PredictionProfile>, String> {
-    let Some(target) = choose_target(signature) else {
-        return Ok(None);
-    };
+    mut each: impl FnMut(usize, usize, &[Tensor]) -> Result<(), String>,
+) -> Result<(), String> {
     let input = &signature.inputs[0];
-    let mut scores = Vec::new();
-    let mut classes = Vec::new();
     for start in (0..sample.rows).step_by(RUN_ROWS) {
         let rows = RUN_ROWS.min(sample.rows - start);
         let values = &sample.values[start * sample.columns..(start + rows) * sample.columns];
@@ -264,7 +331,29 @@ fn predict(
         let outputs = backend
             .run(vec![tensor])
             .map_err(|e| format!("the model failed on the sample: {e}"))?;
-        let output = match target {
+        each(start, rows, &outputs)?;
+    }
+    Ok(())
+}
+
+/// The prediction's reference distribution, gathered run by run.
+struct Reference {
+    target: Target,
+    scores: Vec<f64>,
+    classes: Vec<i64>,
+}
+
+impl Reference {
+    fn new(target: Target) -> Reference {
+        Reference {
+            target,
+            scores: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, rows: usize, outputs: &[Tensor]) -> Result<(), String> {
+        let output = match self.target {
             Target::Score { output, .. }
             | Target::Argmax { output, .. }
             | Target::Label { output } => outputs
@@ -277,11 +366,11 @@ fn predict(
             TensorData::F64(v) => v.clone(),
             _ => Vec::new(),
         };
-        match target {
-            Target::Score { column, .. } => {
-                scores.extend((0..rows).filter_map(|r| floats.get(r * width + column).copied()));
-            }
-            Target::Argmax { .. } => classes.extend((0..rows).filter_map(|r| {
+        match self.target {
+            Target::Score { column, .. } => self
+                .scores
+                .extend((0..rows).filter_map(|r| floats.get(r * width + column).copied())),
+            Target::Argmax { .. } => self.classes.extend((0..rows).filter_map(|r| {
                 let row = floats.get(r * width..(r + 1) * width)?;
                 let best = row
                     .iter()
@@ -290,39 +379,48 @@ fn predict(
                     .max_by(|a, b| a.1.total_cmp(b.1))?;
                 Some(best.0 as i64)
             })),
-            Target::Label { .. } => classes.extend(integers(&output.data)),
+            Target::Label { .. } => self.classes.extend(integers(&output.data)),
+        }
+        Ok(())
+    }
+
+    fn finish(self, signature: &ModelSignature, quantiles: usize) -> Option<PredictionProfile> {
+        let output = |i: usize| signature.outputs[i].name.clone();
+        let Reference {
+            target,
+            scores,
+            classes,
+        } = self;
+        match target {
+            Target::Score { output: i, column } => {
+                Continuous::from_values(scores, quantiles).map(|distribution| {
+                    PredictionProfile::Score {
+                        output: output(i),
+                        column,
+                        distribution,
+                    }
+                })
+            }
+            Target::Argmax {
+                output: i,
+                classes: c,
+            } => Some(PredictionProfile::Class {
+                output: output(i),
+                source: ClassSource::Argmax,
+                classes: shares((0..c as i64).collect(), &classes),
+            }),
+            Target::Label { output: i } => {
+                let mut seen = classes.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                Some(PredictionProfile::Class {
+                    output: output(i),
+                    source: ClassSource::Label,
+                    classes: shares(seen, &classes),
+                })
+            }
         }
     }
-    let output = |i: usize| signature.outputs[i].name.clone();
-    Ok(match target {
-        Target::Score { output: i, column } => {
-            Continuous::from_values(scores, quantiles).map(|distribution| {
-                PredictionProfile::Score {
-                    output: output(i),
-                    column,
-                    distribution,
-                }
-            })
-        }
-        Target::Argmax {
-            output: i,
-            classes: c,
-        } => Some(PredictionProfile::Class {
-            output: output(i),
-            source: ClassSource::Argmax,
-            classes: shares((0..c as i64).collect(), &classes),
-        }),
-        Target::Label { output: i } => {
-            let mut seen = classes.clone();
-            seen.sort_unstable();
-            seen.dedup();
-            Some(PredictionProfile::Class {
-                output: output(i),
-                source: ClassSource::Label,
-                classes: shares(seen, &classes),
-            })
-        }
-    })
 }
 
 /// The share of `values` equal to each of `classes`.

@@ -68,6 +68,81 @@ pub fn read(path: &Path) -> Result<Sample, SampleError> {
 /// Parses numpy's format (versions 1-3): magic, header length, a Python dict literal header,
 /// then the raw array.
 pub fn parse_npy(bytes: &[u8]) -> Result<Sample, String> {
+    let array = npy_array(bytes)?;
+    let element = match array.descr {
+        "<f4" => 4,
+        "<f8" => 8,
+        other => {
+            return Err(format!(
+                "dtype {other} is not supported: store the sample as little-endian float32 \
+                 or float64 (e.g. x.astype('<f4'))"
+            ));
+        }
+    };
+    let (rows, columns) = match array.dims.as_slice() {
+        [rows] => (*rows, 1),
+        [rows, columns] => (*rows, *columns),
+        _ => {
+            return Err(format!(
+                "expected a 1-D or 2-D array, got shape {}",
+                array.shape
+            ));
+        }
+    };
+    let count = rows
+        .checked_mul(columns)
+        .ok_or_else(|| format!("shape {} is too large", array.shape))?;
+    array.expect_bytes(count, element)?;
+    let values = if element == 4 {
+        array
+            .data
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect()
+    } else {
+        array
+            .data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect()
+    };
+    Ok(Sample {
+        rows,
+        columns,
+        values,
+    })
+}
+
+/// A `.npy` file's header, read, and its raw data: what [`parse_npy`] and the labels reader of
+/// `sluice profile --labels` decode, each for the dtypes it takes.
+pub(crate) struct NpyArray<'a> {
+    /// The dtype, unquoted (`<f4`, `<i8`, `|u1`, ...).
+    pub descr: &'a str,
+    /// The shape as written, for messages.
+    pub shape: &'a str,
+    pub dims: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl NpyArray<'_> {
+    /// Checks that the data holds exactly `count` elements of `element` bytes.
+    pub fn expect_bytes(&self, count: usize, element: usize) -> Result<(), String> {
+        let needed = count
+            .checked_mul(element)
+            .ok_or_else(|| format!("shape {} is too large", self.shape))?;
+        if self.data.len() != needed {
+            return Err(format!(
+                "shape {} needs {needed} data bytes, the file has {}",
+                self.shape,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a C-ordered `.npy` file's header (format versions 1-3).
+pub(crate) fn npy_array(bytes: &[u8]) -> Result<NpyArray<'_>, String> {
     const MAGIC: &[u8] = b"\x93NUMPY";
     if bytes.len() < 10 || !bytes.starts_with(MAGIC) {
         return Err("not a .npy file (bad magic)".into());
@@ -87,16 +162,6 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Sample, String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-text .npy header")?;
     let descr = dict_value(header, "descr").ok_or("the .npy header has no 'descr'")?;
-    let element = match descr.trim_matches(|c| c == '\'' || c == '"') {
-        "<f4" => 4,
-        "<f8" => 8,
-        other => {
-            return Err(format!(
-                "dtype {other} is not supported: store the sample as little-endian float32 \
-                 or float64 (e.g. x.astype('<f4'))"
-            ));
-        }
-    };
     if dict_value(header, "fortran_order").map(str::trim) != Some("False") {
         return Err(
             "Fortran-ordered arrays are not supported: save np.ascontiguousarray(x)".into(),
@@ -110,35 +175,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Sample, String> {
         .filter(|d| !d.is_empty())
         .map(|d| d.parse::<usize>().map_err(|_| format!("bad shape {shape}")))
         .collect::<Result<_, _>>()?;
-    let (rows, columns) = match dims.as_slice() {
-        [rows] => (*rows, 1),
-        [rows, columns] => (*rows, *columns),
-        _ => return Err(format!("expected a 1-D or 2-D array, got shape {shape}")),
-    };
-    let count = rows
-        .checked_mul(columns)
-        .ok_or_else(|| format!("shape {shape} is too large"))?;
-    let data = &bytes[data_start.min(bytes.len())..];
-    if data.len() != count * element {
-        return Err(format!(
-            "shape {shape} needs {} data bytes, the file has {}",
-            count * element,
-            data.len()
-        ));
-    }
-    let values = if element == 4 {
-        data.chunks_exact(4)
-            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect()
-    } else {
-        data.chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect()
-    };
-    Ok(Sample {
-        rows,
-        columns,
-        values,
+    Ok(NpyArray {
+        descr: descr.trim_matches(|c| c == '\'' || c == '"'),
+        shape,
+        dims,
+        data: &bytes[data_start.min(bytes.len())..],
     })
 }
 

@@ -1,4 +1,5 @@
-//! The `sluice` binary itself: serve and drain on SIGTERM, check-config, models.
+//! The `sluice` binary itself: serve and drain on SIGTERM, check-config, models, profile with
+//! labels (the offline quality baseline, against onnxruntime's and scikit-learn's numbers).
 
 use std::io::{BufRead, BufReader};
 use std::process::Command;
@@ -183,4 +184,84 @@ fn models_lists_the_repository() {
         .expect("mlp listed");
     assert!(mlp.contains("2,1"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("churn")), "{stdout}");
+}
+
+/// `sluice profile` on the credit model's held-out rows (its tree evaluator: no ONNX Runtime)
+/// and `labels`, into `profile.json` next to the model; its output.
+fn profile_with_labels(repo: &std::path::Path, labels: &std::path::Path) -> std::process::Output {
+    let quality = fixtures().join("quality");
+    sluice()
+        .args(["profile", "--model-repository"])
+        .arg(repo)
+        .args(["--model", "credit", "--version", "1", "--sample"])
+        .arg(quality.join("credit_holdout.npy"))
+        .arg("--labels")
+        .arg(labels)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn profile_with_labels_stores_the_offline_quality() {
+    let repo = scratch_repo(&examples_repo(), &[("credit", 1)]);
+    let quality = fixtures().join("quality");
+    // Counted by onnxruntime and scored by scikit-learn (make_quality_reference.py).
+    let reference = read_json(&quality.join("credit_quality_reference.json"));
+    let rows = reference["rows"].as_u64().unwrap() as usize;
+    let correct = reference["correct"].as_u64().unwrap() as f64;
+    let profile_path = repo.path().join("credit/1/profile.json");
+    let mut stored = Vec::new();
+    for labels in ["credit_labels.npy", "credit_labels.txt"] {
+        let output = profile_with_labels(repo.path(), &quality.join(labels));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{labels}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("quality on 500 labelled rows"), "{stdout}");
+        let profile = read_json(&profile_path);
+        let q = &profile["quality"];
+        assert_eq!(q["labels"], labels);
+        assert_eq!(q["rows"], rows);
+        assert_eq!(q["accuracy"].as_f64(), Some(correct / rows as f64), "{q}");
+        let log_loss = q["log_loss"].as_f64().unwrap();
+        let expected = reference["log_loss"].as_f64().unwrap();
+        assert!(
+            (log_loss - expected).abs() < 1e-6,
+            "{log_loss} vs {expected}"
+        );
+        // Exact, not binned: onnxruntime's and the tree evaluator's probabilities differ by
+        // float32 rounding at most, which reorders no pair here.
+        let auc = q["roc_auc"].as_f64().unwrap();
+        let expected = reference["roc_auc"].as_f64().unwrap();
+        assert!((auc - expected).abs() < 1e-9, "{auc} vs {expected}");
+        stored.push(q.clone());
+    }
+    assert_eq!(stored[0]["accuracy"], stored[1]["accuracy"]);
+    // What the quality controller reads as the alert's baseline.
+    assert_eq!(
+        sluice::drift::profile::baseline_accuracy(&repo.path().join("credit/1")),
+        Some(correct / rows as f64)
+    );
+
+    // One label short: refused, saying what is wrong, and the stored profile stays.
+    let text = std::fs::read_to_string(quality.join("credit_labels.txt")).unwrap();
+    let short = repo.path().join("short.txt");
+    std::fs::write(&short, text.trim_end().rsplit_once('\n').unwrap().0).unwrap();
+    let before = std::fs::read(&profile_path).unwrap();
+    let output = profile_with_labels(repo.path(), &short);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("499 labels for the 500 rows of credit_holdout.npy"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&profile_path).unwrap(), before);
+    // A fraction is no class.
+    let fraction = repo.path().join("fraction.txt");
+    std::fs::write(&fraction, text.replacen("\n1\n", "\n0.5\n", 1)).unwrap();
+    let stderr =
+        String::from_utf8_lossy(&profile_with_labels(repo.path(), &fraction).stderr).into_owned();
+    assert!(stderr.contains("0.5 is not a class label"), "{stderr}");
 }

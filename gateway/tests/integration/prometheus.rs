@@ -119,6 +119,7 @@ fn credit_with_profiles() -> tempfile::TempDir {
             quantiles: 100,
             input: None,
             output: None,
+            labels: None,
         };
         sluice::profiling::write_profile(&config, &request).expect("profile");
     }
