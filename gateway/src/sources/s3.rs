@@ -274,45 +274,53 @@ impl S3Source {
             .sum()
     }
 
-    /// Makes `<cache>/<name>/model.toml` what the bucket holds; a `model.toml` that does not
-    /// parse is refused and the cached one kept.
-    async fn sync_config(&self, name: &str, remote: &RemoteModel) -> Result<bool, Transient> {
+    /// Makes `<cache>/<name>/model.toml` what the bucket holds; answers whether it changed,
+    /// or `None` when the bucket's `model.toml` does not parse: refused (until it changes),
+    /// and the model left as cached.
+    async fn sync_config(
+        &mut self,
+        name: &str,
+        remote: &RemoteModel,
+    ) -> Result<Option<bool>, Transient> {
         let dir = self.cache.join(name);
         let marker_path = dir.join(".model.toml.source.json");
         let local: Option<RemoteFile> = std::fs::read(&marker_path)
             .ok()
             .and_then(|t| serde_json::from_slice(&t).ok());
         if local == remote.config {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let what = format!("{name}/model.toml");
-        let Some(want) = &remote.config else {
+        let Some(want) = remote.config.clone() else {
             let _ = std::fs::remove_file(dir.join("model.toml"));
             let _ = std::fs::remove_file(&marker_path);
-            return Ok(true);
+            return Ok(Some(true));
         };
         if self
             .refused
             .get(&what)
-            .is_some_and(|f| f.first() == Some(want))
+            .is_some_and(|f| f.first() == Some(&want))
         {
-            return Ok(false);
+            return Ok(None);
         }
         let staged = Staged::new(&self.cache, name, 0).map_err(|e| Transient(e.to_string()))?;
         let file = staged.dir().join("model.toml");
-        self.download(&self.object(name, &["model.toml"]), want, &file)
+        self.download(&self.object(name, &["model.toml"]), &want, &file)
             .await
             .map_err(Transient)?;
         if let Err(reason) = ModelConfig::read(&staged.dir()) {
+            self.refused.insert(what.clone(), vec![want]);
             self.handle.refused(what, reason);
-            return Err(Transient(format!("{name}/model.toml refused")));
+            return Ok(None);
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Transient(e.to_string()))?;
-        std::fs::rename(&file, dir.join("model.toml")).map_err(|e| Transient(e.to_string()))?;
-        let text = serde_json::to_vec(want).unwrap_or_default();
-        std::fs::write(&marker_path, text).map_err(|e| Transient(e.to_string()))?;
+        let io = |e: std::io::Error| Transient(e.to_string());
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::rename(&file, dir.join("model.toml")).map_err(io)?;
+        let text = serde_json::to_vec(&want).unwrap_or_default();
+        std::fs::write(&marker_path, text).map_err(io)?;
+        self.refused.remove(&what);
         self.handle.forget_refusal(&what);
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Downloads, checks and installs one version; `Ok(Err(reason))` is a refusal.
@@ -389,7 +397,11 @@ impl S3Source {
             );
             return Ok(false);
         }
-        let mut changed = self.sync_config(name, remote).await?;
+        let Some(mut changed) = self.sync_config(name, remote).await? else {
+            // A model.toml that does not parse would change how every version loads: nothing
+            // of this model changes until it is fixed.
+            return Ok(false);
+        };
         let model_dir = self.cache.join(name);
         let config = ModelConfig::read(&model_dir).unwrap_or_default();
         let available: Vec<u64> = remote

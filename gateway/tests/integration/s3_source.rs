@@ -76,8 +76,10 @@ fn sha256_line(bytes: &[u8]) -> Vec<u8> {
     format!("{:x}  model.onnx\n", Sha256::digest(bytes)).into_bytes()
 }
 
-fn config(endpoint: &str, cache: &Path) -> sluice::Config {
-    let mut config = test_config(Path::new("s3://models/prod"), RuntimeChoice::Tract);
+/// `prefix` names the source in metrics, which the tests running side by side share.
+fn config(endpoint: &str, prefix: &str, cache: &Path) -> sluice::Config {
+    let uri = format!("s3://{BUCKET}/{prefix}");
+    let mut config = test_config(Path::new(&uri), RuntimeChoice::Tract);
     config.repository.poll_interval = Some(Duration::from_millis(300));
     let s3 = &mut config.repository.s3;
     s3.endpoint = Some(endpoint.to_string());
@@ -131,7 +133,7 @@ async fn a_bucket_serves_and_a_new_version_is_picked_up_but_never_half_written()
     put(&bucket, "prod/mlp/1/model.onnx.sha256", sha256_line(&v1)).await;
     put(&bucket, "prod/mlp/1/model.onnx", v1).await;
     let cache = scratch.path().join("cache");
-    let server = TestServer::start(config(&moto.endpoint, &cache)).await;
+    let server = TestServer::start(config(&moto.endpoint, "prod", &cache)).await;
     let (_, models) = server.get("/admin/v1/models").await;
     assert_eq!(
         answering_version(&server).await.as_deref(),
@@ -216,9 +218,9 @@ async fn serving_survives_the_bucket_going_away_and_a_restart_serves_from_the_ca
     let endpoint = moto_server.endpoint.clone();
     create_bucket(&endpoint).await;
     let bucket = store(&endpoint);
-    put(&bucket, "prod/mlp/1/model.onnx", model_bytes(1)).await;
+    put(&bucket, "outage/mlp/1/model.onnx", model_bytes(1)).await;
     let cache = scratch.path().join("cache");
-    let server = TestServer::start(config(&endpoint, &cache)).await;
+    let server = TestServer::start(config(&endpoint, "outage", &cache)).await;
     assert_eq!(answering_version(&server).await.as_deref(), Some("1"));
 
     // The endpoint goes away: serving goes on, the error is in the model's view and a metric.
@@ -232,14 +234,14 @@ async fn serving_survives_the_bucket_going_away_and_a_restart_serves_from_the_ca
     println!("bucket unreachable: {}", model["sources"][0]["last_error"]);
     assert_eq!(answering_version(&server).await.as_deref(), Some("1"));
     let up = server
-        .metric("sluice_source_up{source=\"s3://models/prod\"}")
+        .metric("sluice_source_up{source=\"s3://models/outage\"}")
         .await;
     assert_eq!(up, Some(0.0));
     server.stop().await;
 
     // A restart with the bucket still unreachable serves what the cache verified before.
     let started = Instant::now();
-    let server = TestServer::start(config(&endpoint, &cache)).await;
+    let server = TestServer::start(config(&endpoint, "outage", &cache)).await;
     println!(
         "restart with the bucket unreachable: ready in {:.2} s",
         started.elapsed().as_secs_f64()
