@@ -308,6 +308,23 @@ async fn sluice_follows_an_mlflow_alias_rolls_out_and_writes_back() {
             .await;
         mlflow.set_alias(model, v1).await;
     }
+    // A registry without aliases: a stage is followed instead.
+    mlflow
+        .post(
+            "/mlflow/registered-models/create",
+            json!({"name": "digits_staged"}),
+        )
+        .await;
+    let s1 = mlflow
+        .register("digits_staged", &logged("model.onnx", bench_model(1)))
+        .await;
+    mlflow
+        .post(
+            "/mlflow/model-versions/transition-stage",
+            json!({"name": "digits_staged", "version": s1.to_string(), "stage": "Production",
+                   "archive_existing_versions": false}),
+        )
+        .await;
 
     // `digits` is polled and rolled out under the guard; `digits_hooked` is polled hourly, so
     // only a webhook brings its changes, and it has no [rollout] table (a new version becomes
@@ -330,9 +347,16 @@ async fn sluice_follows_an_mlflow_alias_rolls_out_and_writes_back() {
     let mut hooked = source(&mlflow.base, "digits_hooked");
     hooked.poll_interval = Duration::from_secs(3600);
     hooked.webhook_secret = Some(SECRET.into());
-    config.registry.mlflow = vec![polled, hooked];
+    let mut staged: MlflowSourceConfig = toml::from_str(&format!(
+        "tracking_uri = '{}'\nmodel = 'digits_staged'\nstage = 'Production'\n\
+         poll_interval = '500ms'\n",
+        mlflow.base
+    ))
+    .unwrap();
+    staged.serve_as = Some("staged".into());
+    config.registry.mlflow = vec![polled, hooked, staged];
     let server = TestServer::start(config).await;
-    for model in ["digits", "digits_hooked"] {
+    for model in ["digits", "digits_hooked", "staged"] {
         eventually(Duration::from_secs(20), "v1 served", || async {
             serving(&server, model).await == Some(1)
         })
@@ -513,5 +537,21 @@ async fn sluice_follows_an_mlflow_alias_rolls_out_and_writes_back() {
         text.contains("mlflow:digits@champion") && text.contains(name),
         "{text}"
     );
+
+    // The registry goes away: serving goes on, the error shows in the model's view and the
+    // source's gauge, and the checks back off.
+    drop(mlflow);
+    eventually(Duration::from_secs(20), "the outage reported", || async {
+        let (_, model) = server.get("/admin/v1/models/digits").await;
+        model["sources"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unreachable"))
+    })
+    .await;
+    assert_eq!(answered_by(&server, "digits").await, Some(v2.to_string()));
+    let up = server
+        .metric("sluice_source_up{source=\"mlflow:digits@champion\"}")
+        .await;
+    assert_eq!(up, Some(0.0));
     server.stop().await;
 }
