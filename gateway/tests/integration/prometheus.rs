@@ -1,5 +1,6 @@
 //! The monitoring files against a real Prometheus: sluice serves the example models under load
-//! (canary, shadow, bad requests, dynamic batching), its /metrics text passes `promtool check
+//! (canary, shadow, bad requests, dynamic batching, a guarded rollout, drift, ground-truth
+//! outcomes against an offline baseline), its /metrics text passes `promtool check
 //! metrics`, a real `prometheus` process scrapes it every second with the project's alert rules
 //! loaded, and every PromQL expression of the Grafana dashboard and of the alert rules must
 //! return data.
@@ -80,10 +81,42 @@ const PROVOKED_LATER: &[&str] = &[
     "sluice_drift_window_rows",
 ];
 
+/// Series provoked in a third phase: ground-truth outcomes for credit (labels of both
+/// classes, rewards) and for a regressor (values), joined with the requests they name, with
+/// credit's profiles carrying an offline baseline (`--labels`) and an index small enough that
+/// the bursts evict from it.
+const PROVOKED_QUALITY: &[&str] = &[
+    "sluice_outcomes_total",
+    "sluice_quality_outcomes_total",
+    "sluice_quality_correct_total",
+    "sluice_quality_accuracy",
+    "sluice_quality_log_loss",
+    "sluice_quality_brier",
+    "sluice_quality_roc_auc",
+    "sluice_quality_mae",
+    "sluice_quality_rmse",
+    "sluice_quality_reward_mean",
+    "sluice_quality_baseline_accuracy",
+    "sluice_quality_below_baseline",
+    "sluice_outcome_index_predictions",
+    "sluice_outcome_index_evictions_total{reason=\"capacity\"}",
+];
+
+/// The regressor candidate (64 FP32 features, one value out), for the MAE/RMSE panels.
+const REGRESSOR: &str = "regressor";
+
 /// A scratch copy of credit v1 and v2, each with a drift profile built (by the library, as
-/// `sluice profile` does) from 400 rows scattered around the example requests' rows.
+/// `sluice profile` does) from 400 rows scattered around the example requests' rows, labelled
+/// as the rows they scatter around (the offline baseline); and the regressor candidate.
 fn credit_with_profiles() -> tempfile::TempDir {
     let repo = scratch_repo(&examples_repo(), &[("credit", 1), ("credit", 2)]);
+    let regressor = repo.path().join(REGRESSOR).join("1");
+    std::fs::create_dir_all(&regressor).unwrap();
+    std::fs::copy(
+        fixtures().join("candidates/regressor/model.onnx"),
+        regressor.join("model.onnx"),
+    )
+    .unwrap();
     let request = read_json(&fixtures().join("examples/credit_v1_request_b4.json"));
     let rows: Vec<f64> = request["inputs"][0]["data"]
         .as_array()
@@ -108,6 +141,11 @@ fn credit_with_profiles() -> tempfile::TempDir {
     }
     let sample = repo.path().join("credit_sample.csv");
     std::fs::write(&sample, csv).unwrap();
+    let expected = read_json(&fixtures().join("examples/credit_v1_expected_b4.json"));
+    let classes = &expected["outputs"][0]["data"];
+    let labels: String = (0..400).map(|i| format!("{}\n", classes[i % 4])).collect();
+    let labels_path = repo.path().join("credit_labels.txt");
+    std::fs::write(&labels_path, labels).unwrap();
     let mut config = test_config(repo.path(), RuntimeChoice::Ort);
     config.repository.path = repo.path().to_path_buf();
     for version in [1, 2] {
@@ -119,7 +157,7 @@ fn credit_with_profiles() -> tempfile::TempDir {
             quantiles: 100,
             input: None,
             output: None,
-            labels: None,
+            labels: Some(labels_path.clone()),
         };
         sluice::profiling::write_profile(&config, &request).expect("profile");
     }
@@ -553,6 +591,72 @@ async fn burst(server: &Arc<TestServer>, clients: usize) {
     }
 }
 
+/// Phase three: requests with ids of their own, then their outcomes (see
+/// [`PROVOKED_QUALITY`]); returns /metrics once every quality series is in it (the quality
+/// controller publishes the gauges every 2 s).
+async fn provoke_quality(server: &TestServer) -> String {
+    let examples = fixtures().join("examples");
+    let mut credit = read_json(&examples.join("credit_v1_request_b1.json"));
+    let mut outcomes = Vec::new();
+    for i in 0..50 {
+        let id = format!("quality-{i}");
+        credit["id"] = json!(id);
+        let (status, body) = server
+            .post_json(&format!("/v2/models/{MODEL}/infer"), &credit)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Labels of both classes, so that the two-class AUC has positives and negatives; one
+        // outcome a row (a second for the same row is a duplicate), so rewards on rows of
+        // their own.
+        outcomes.push(if i < 40 {
+            json!({"id": id, "label": i % 2})
+        } else {
+            json!({"id": id, "reward": f64::from(i % 3)})
+        });
+    }
+    let (status, counts) = server
+        .post_json(
+            &format!("/v2/models/{MODEL}/outcomes"),
+            &json!({ "outcomes": outcomes }),
+        )
+        .await;
+    assert_eq!(status, 200, "{counts}");
+    let mut values = Vec::new();
+    for i in 0..10 {
+        let id = format!("quality-value-{i}");
+        let body = json!({"id": id, "inputs": [{"name": "input", "shape": [1, 64],
+                          "datatype": "FP32", "data": vec![i as f32 * 0.1; 64]}]});
+        let (status, answer) = server
+            .post_json(&format!("/v2/models/{REGRESSOR}/infer"), &body)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        values.push(json!({"id": id, "value": f64::from(i)}));
+    }
+    let (status, counts) = server
+        .post_json(
+            &format!("/v2/models/{REGRESSOR}/outcomes"),
+            &json!({ "outcomes": values }),
+        )
+        .await;
+    assert_eq!(status, 200, "{counts}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = server.metrics_text().await;
+        let missing: Vec<_> = PROVOKED_QUALITY
+            .iter()
+            .filter(|s| !text.contains(*s))
+            .collect();
+        if missing.is_empty() {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30s after the outcomes, /metrics still lacks {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
     let Some((prometheus_bin, promtool)) = prometheus_tools() else {
@@ -578,6 +682,8 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
         max_batch_size: 8,
         max_queue_delay_us: 500,
     };
+    // A join index the bursts overflow, so that it evicts by capacity.
+    config.outcomes.max_predictions = 128;
     // A one-slot shadow queue: some copies are compared, others dropped (both are metrics).
     config.traffic.shadow_workers = 1;
     config.traffic.shadow_queue = 1;
@@ -634,7 +740,7 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
         .await;
     assert_eq!(status, 201, "rollout refused: {body}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
+    loop {
         burst(&server, 8).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = server.metrics_text().await;
@@ -643,13 +749,14 @@ async fn dashboard_and_alert_expressions_return_data_from_a_real_prometheus() {
             .filter(|s| !text.contains(*s))
             .collect();
         if missing.is_empty() {
-            break text;
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "after 60s of load with a rollout and profiles, /metrics still lacks {missing:?}"
         );
-    };
+    }
+    let text = provoke_quality(&server).await;
     promtool_check_metrics(&promtool, &text);
 
     // A trickle of traffic while Prometheus is queried, so rates are not all zero.
