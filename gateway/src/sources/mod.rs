@@ -58,9 +58,14 @@ impl Sources {
     ) -> Result<(Sources, PathBuf), String> {
         let mut pending = Pending::default();
         let mut handles = Vec::new();
+        let registry_models = registry
+            .mlflow
+            .iter()
+            .map(|c| c.served_name().to_string())
+            .collect();
         let local = match repository.object_store_uri() {
             Some(uri) => {
-                let source = s3::S3Source::new(repository, uri)?;
+                let source = s3::S3Source::new(repository, uri, registry_models)?;
                 let local = source.cache().to_path_buf();
                 handles.push(source.handle());
                 pending.s3 = Some(source);

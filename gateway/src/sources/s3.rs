@@ -75,6 +75,14 @@ pub struct S3Source {
     applied: Listing,
     /// Versions refused, with the objects they were refused for.
     refused: BTreeMap<String, Vec<RemoteFile>>,
+    /// Model folders a registry source fills in the same cache: only their `model.toml`
+    /// comes from the bucket, and the cache's versions of them are never removed.
+    registry_models: BTreeSet<String>,
+}
+
+/// A file name that stays inside its folder and is not one of sluice's hidden files.
+fn plain(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
 }
 
 /// `s3://bucket/prefix` -> ("bucket", "prefix").
@@ -91,7 +99,11 @@ fn parse_uri(uri: &str) -> Result<(&str, &str), String> {
 
 impl S3Source {
     /// The source for `repository` (whose `path` is an `s3://` URI). Nothing is contacted yet.
-    pub fn new(repository: &RepositoryConfig, uri: &str) -> Result<S3Source, String> {
+    pub fn new(
+        repository: &RepositoryConfig,
+        uri: &str,
+        registry_models: BTreeSet<String>,
+    ) -> Result<S3Source, String> {
         let (bucket, prefix) = parse_uri(uri)?;
         let s3 = &repository.s3;
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -149,6 +161,7 @@ impl S3Source {
             handle: Arc::new(SourceHandle::new(uri.to_string(), "s3", Vec::new())),
             applied: Listing::new(),
             refused: BTreeMap::new(),
+            registry_models,
         })
     }
 
@@ -188,7 +201,8 @@ impl S3Source {
                 [model, name] if name == "model.toml" => {
                     listing.entry(model.clone()).or_default().config = Some(file(name));
                 }
-                [model, version, name] => {
+                // Only plain file names: a listed key must not reach outside its version folder.
+                [model, version, name] if plain(name) => {
                     if let Ok(v) = version.parse::<u64>() {
                         let entry = listing.entry(model.clone()).or_default();
                         entry.versions.entry(v).or_default().push(file(name));
@@ -397,6 +411,9 @@ impl S3Source {
             );
             return Ok(false);
         }
+        if self.registry_models.contains(name) {
+            return Ok(self.sync_config(name, remote).await?.unwrap_or(false));
+        }
         let Some(mut changed) = self.sync_config(name, remote).await? else {
             // A model.toml that does not parse would change how every version loads: nothing
             // of this model changes until it is fixed.
@@ -491,7 +508,10 @@ impl S3Source {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.starts_with('.') && !listing.contains_key(&name) {
+            if !name.starts_with('.')
+                && !listing.contains_key(&name)
+                && !self.registry_models.contains(&name)
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -547,6 +567,7 @@ impl S3Source {
                 .applied
                 .keys()
                 .filter(|m| !listing.contains_key(*m) && !previous.contains_key(*m))
+                .filter(|m| !self.registry_models.contains(*m))
                 .cloned()
                 .collect();
             for name in gone {
@@ -574,5 +595,7 @@ mod tests {
         assert_eq!(parse_uri("s3://b").unwrap(), ("b", ""));
         assert!(parse_uri("s3:///x").is_err());
         assert!(parse_uri("/models").is_err());
+        assert!(plain("model.onnx") && plain("profile.json"));
+        assert!(!plain("..") && !plain(".sluice-source.json") && !plain("a\\b") && !plain(""));
     }
 }

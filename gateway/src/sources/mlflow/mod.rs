@@ -171,8 +171,9 @@ impl MlflowSource {
             match self.fetch(models, version).await {
                 Ok(change) => self.handle.changed(change),
                 Err(MlflowError::Refused(reason)) => {
-                    self.refuse(models, version, &reason, "refused").await;
+                    // Acted on, whatever the refusal does with the alias next.
                     self.applied = Some(version);
+                    self.refuse(models, version, &reason, "refused").await;
                     return Ok(());
                 }
                 Err(MlflowError::Transient(error)) => return Err(error),
