@@ -82,7 +82,7 @@ fn read_loop(
         return;
     }
     tracing::info!(topic, partitions = partitions.len(), "reading outcomes");
-    let mut last_warning: Option<Instant> = None;
+    let mut quiet = Quiet::default();
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => match parse_topic_record(message.payload().unwrap_or_default()) {
@@ -95,8 +95,7 @@ fn read_loop(
                         Source::Kafka.as_str(),
                         &[("invalid", 1)],
                     );
-                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        last_warning = Some(Instant::now());
+                    if quiet.speak() {
                         tracing::warn!(
                             partition = message.partition(),
                             offset = message.offset(),
@@ -106,13 +105,10 @@ fn read_loop(
                     }
                 }
             },
-            Some(Err(error)) => {
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    last_warning = Some(Instant::now());
-                    tracing::warn!(%error, "outcomes consumer: Kafka error (it retries)");
-                }
+            Some(Err(error)) if quiet.speak() => {
+                tracing::warn!(%error, "outcomes consumer: Kafka error (it retries)");
             }
-            None => {}
+            Some(Err(_)) | None => {}
         }
     }
 }
@@ -123,7 +119,7 @@ fn wait_for_partitions(
     topic: &str,
     stop: &AtomicBool,
 ) -> Option<Vec<i32>> {
-    let mut last_warning: Option<Instant> = None;
+    let mut quiet = Quiet::default();
     while !stop.load(Ordering::Relaxed) {
         let found = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -138,8 +134,7 @@ fn wait_for_partitions(
         match found {
             Ok(Some(partitions)) => return Some(partitions),
             other => {
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    last_warning = Some(Instant::now());
+                if quiet.speak() {
                     let reason = match other {
                         Err(e) => e,
                         _ => "the topic does not exist yet".into(),
@@ -151,4 +146,21 @@ fn wait_for_partitions(
         std::thread::sleep(Duration::from_millis(250));
     }
     None
+}
+
+/// One warning per ten seconds: while brokers are away, errors repeat every poll.
+#[derive(Default)]
+struct Quiet(Option<Instant>);
+
+impl Quiet {
+    fn speak(&mut self) -> bool {
+        if self
+            .0
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return false;
+        }
+        self.0 = Some(Instant::now());
+        true
+    }
 }

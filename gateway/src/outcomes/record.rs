@@ -210,7 +210,7 @@ mod tests {
         );
         let many = format!(
             r#"{{"outcomes": [{}]}}"#,
-            vec![r#"{"id": "a", "label": 1}"#; 11].join(",")
+            [r#"{"id": "a", "label": 1}"#; 11].join(",")
         );
         assert_eq!(
             parse_batch(many.as_bytes(), 10),

@@ -45,10 +45,14 @@ fn ln_beta(a: f64, b: f64) -> f64 {
 fn beta_pdf(x: f64, a: f64, b: f64) -> f64 {
     // At the ends the density is 0, finite (a or b = 1: the posterior of a side with no
     // successes or no failures, where its mass is largest) or unbounded.
-    let end = |shape: f64| match shape {
-        s if s > 1.0 => 0.0,
-        s if s == 1.0 => (-ln_beta(a, b)).exp(),
-        _ => f64::INFINITY,
+    let end = |shape: f64| {
+        if shape > 1.0 {
+            0.0
+        } else if shape == 1.0 {
+            (-ln_beta(a, b)).exp()
+        } else {
+            f64::INFINITY
+        }
     };
     if x <= 0.0 {
         return end(a);

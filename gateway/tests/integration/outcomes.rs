@@ -615,9 +615,8 @@ async fn outcomes_from_a_kafka_topic_are_joined() {
     config.outcomes.kafka.brokers = broker.brokers();
     let server = TestServer::start(config).await;
     let (rows, labels) = (mlp_sample_rows(), mlp_labels());
-    for i in 0..20 {
-        let (status, _, _) =
-            infer(&server, "mlp", &mlp_body(&rows[i], Some(&format!("k-{i}")))).await;
+    for (i, row) in rows.iter().take(20).enumerate() {
+        let (status, _, _) = infer(&server, "mlp", &mlp_body(row, Some(&format!("k-{i}")))).await;
         assert_eq!(status, 200);
     }
     let producer: BaseProducer = rdkafka::ClientConfig::new()

@@ -32,11 +32,14 @@ impl Drop for Sluice {
 fn start() -> Sluice {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluice.toml");
-    // tract: the same memory behaviour on every machine, ONNX Runtime or not.
+    // tract: the same memory behaviour on every machine, ONNX Runtime or not. The outcome
+    // index is bounded by count: here small enough that the warm-up fills it, so that what is
+    // measured after is what does not stay bounded.
     std::fs::write(
         &config,
         "[server]\nhost = \"127.0.0.1\"\n[runtime]\ndefault = \"tract\"\ninstances = 1\n\
-         [prediction_log]\nsink = \"none\"\n[drift]\nenabled = false\n",
+         [prediction_log]\nsink = \"none\"\n[drift]\nenabled = false\n\
+         [outcomes]\nmax_predictions = 10000\n",
     )
     .unwrap();
     let mut child = serve_command(&config, &examples_repo()).spawn().unwrap();
