@@ -413,7 +413,12 @@ fn check_config(args: &ConfigArgs) -> anyhow::Result<()> {
 
 fn list_models(args: &ConfigArgs) -> anyhow::Result<()> {
     let config = args.load()?;
-    let (models, problems) = repository::scan(&config.repository.path)?;
+    // A bucket is listed as its cache holds it (what was downloaded and checked last).
+    let folder = match config.repository.object_store_uri() {
+        Some(_) => config.repository.s3.cache_dir.clone(),
+        None => config.repository.path.clone(),
+    };
+    let (models, problems) = repository::scan(&folder)?;
     let default_runtime = config.runtime.default;
     println!(
         "{:<20} {:<16} {:<16} runtime",
