@@ -182,7 +182,11 @@ fn source(tracking_uri: &str, model: &str) -> MlflowSourceConfig {
     .unwrap()
 }
 
-/// Requests from a few clients in a loop, each answer's version recorded with when it came.
+/// Requests from a few clients in a loop, each answer's version recorded with when it came:
+/// about 100 a second, enough for the guard, light enough not to weigh on the tests that run
+/// beside this one.
+const CLIENTS: usize = 2;
+
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<(Instant, String)>>>,
@@ -193,7 +197,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let rows = Arc::new(mlp_sample_rows());
         let url = server.url(&format!("/v2/models/{model}/infer"));
-        let tasks = (0..4)
+        let tasks = (0..CLIENTS)
             .map(|client| {
                 let (stop, rows, url) = (Arc::clone(&stop), Arc::clone(&rows), url.clone());
                 tokio::spawn(async move {
@@ -202,7 +206,7 @@ impl Load {
                     let mut i = client;
                     while !stop.load(Ordering::Relaxed) {
                         let row = &rows[i % rows.len()];
-                        i += 4;
+                        i += CLIENTS;
                         let body = json!({"inputs": [{"name": "input", "shape": [1, 64],
                                           "datatype": "FP32", "data": row}]});
                         if let Ok(response) = http.post(&url).json(&body).send().await
@@ -211,7 +215,7 @@ impl Load {
                         {
                             answers.push((Instant::now(), version.to_string()));
                         }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     answers
                 })
