@@ -71,10 +71,11 @@ fn one_per_row(t: &Tensor, rows: usize) -> bool {
     t.shape.first() == Some(&rows) && t.data.len() == rows
 }
 
-fn floats(t: &Tensor) -> Option<Vec<f32>> {
+/// The first `n` values of a float tensor, as f32 (one allocation).
+fn floats(t: &Tensor, n: usize) -> Option<Box<[f32]>> {
     match &t.data {
-        TensorData::F32(v) => Some(v.clone()),
-        TensorData::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
+        TensorData::F32(v) => Some(v.get(..n)?.into()),
+        TensorData::F64(v) => Some(v.get(..n)?.iter().map(|&x| x as f32).collect()),
         _ => None,
     }
 }
@@ -109,7 +110,7 @@ impl Predicted {
             .filter(|t| t.shape.first() == Some(&rows) && rows > 0)
             .and_then(|t| {
                 let width = t.data.len() / rows;
-                floats(t).map(|v| (width, v))
+                floats(t, kept * width).map(|v| (width, v))
             });
         let Some((width, values)) = scores else {
             return Predicted {
@@ -120,7 +121,6 @@ impl Predicted {
                 probabilities: false,
             };
         };
-        let values = &values[..kept * width];
         if width == 1 && labels.is_some() {
             // p(class 1) of a two-class model: spelled out as a probability row.
             let binary = values.iter().all(|p| (0.0..=1.0).contains(p));
@@ -137,7 +137,7 @@ impl Predicted {
             return Predicted {
                 rows: kept,
                 labels: None,
-                scores: Some(values.into()),
+                scores: Some(values),
                 width: 1,
                 probabilities: false,
             };
@@ -154,7 +154,7 @@ impl Predicted {
         Predicted {
             rows: kept,
             labels,
-            scores: probabilities.then(|| values.into()),
+            scores: probabilities.then_some(values),
             width: if probabilities { width } else { 0 },
             probabilities,
         }
