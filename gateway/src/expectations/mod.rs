@@ -104,11 +104,50 @@ struct Table<V> {
     lo: Vec<V>,
     hi: Vec<V>,
     nan_ok: Vec<bool>,
-    allowed: Vec<(usize, Vec<V>)>,
+    allowed: Vec<(usize, Allowed<V>)>,
+}
+
+/// A categorical column's values: a bit mask when they are integers within 64 of each other
+/// (codes, flags, small counts: one subtraction and a shift), else sorted for a binary search.
+enum Allowed<V> {
+    Bits { base: f64, mask: u64 },
+    Sorted(Vec<V>),
+}
+
+impl<V: Value> Allowed<V> {
+    fn new(sorted: &[f64]) -> Allowed<V> {
+        let base = sorted.first().copied().unwrap_or(0.0);
+        let fits = sorted
+            .iter()
+            .all(|&v| v.fract() == 0.0 && (0.0..64.0).contains(&(v - base)));
+        if fits {
+            let mask = sorted
+                .iter()
+                .fold(0u64, |m, &v| m | 1 << ((v - base) as u32));
+            Allowed::Bits { base, mask }
+        } else {
+            Allowed::Sorted(sorted.iter().map(|&v| V::from_f64(v)).collect())
+        }
+    }
+
+    /// Whether `x` (not NaN) is one of the values.
+    fn contains(&self, x: V) -> bool {
+        match self {
+            Allowed::Bits { base, mask } => {
+                let k = x.into() - base;
+                // A cast, not `fract()`: that is a libm call on baseline x86-64.
+                let i = k as u32;
+                (0.0..64.0).contains(&k) && f64::from(i) == k && mask >> i & 1 == 1
+            }
+            Allowed::Sorted(values) => values
+                .binary_search_by(|v| v.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Less))
+                .is_ok(),
+        }
+    }
 }
 
 /// A numeric element type a table can be kept in.
-trait Value: Copy + PartialOrd {
+trait Value: Copy + PartialOrd + Into<f64> {
     const INFINITY: Self;
     fn from_f64(v: f64) -> Self;
 }
@@ -143,7 +182,7 @@ impl<V: Value> Table<V> {
                 .enumerate()
                 .filter_map(|(j, c)| {
                     let (values, _) = c.allowed.as_ref()?;
-                    Some((j, values.iter().map(|&v| V::from_f64(v)).collect()))
+                    Some((j, Allowed::new(values)))
                 })
                 .collect(),
         }
@@ -159,23 +198,36 @@ impl<V: Value> Table<V> {
     ) {
         let width = self.lo.len();
         for (r, row) in values.chunks_exact(width).enumerate() {
-            for (j, ((&x, &lo), &hi)) in row.iter().zip(&self.lo).zip(&self.hi).enumerate() {
+            // First without branches (the compiler vectorises it), since nearly every row
+            // passes; only a row that breaks a range or NaN rule is walked value by value.
+            let mut bad = false;
+            for (((&x, &lo), &hi), &nan_ok) in
+                row.iter().zip(&self.lo).zip(&self.hi).zip(&self.nan_ok)
+            {
                 let x = to(x);
-                // NaN fails both comparisons: one branch covers all three rules.
-                if !(x >= lo && x <= hi) {
-                    #[allow(clippy::eq_op)] // x != x: NaN, for f32 and f64 alike
-                    let rule = if x != x {
-                        if self.nan_ok[j] {
-                            continue;
+                #[allow(clippy::eq_op)] // x != x: NaN, for f32 and f64 alike
+                let nan = x != x;
+                bad |= !((x >= lo) & (x <= hi)) & !(nan & nan_ok);
+            }
+            if bad {
+                for (j, ((&x, &lo), &hi)) in row.iter().zip(&self.lo).zip(&self.hi).enumerate() {
+                    let x = to(x);
+                    // NaN fails both comparisons: one branch covers all three rules.
+                    if !(x >= lo && x <= hi) {
+                        #[allow(clippy::eq_op)] // x != x: NaN, for f32 and f64 alike
+                        let rule = if x != x {
+                            if self.nan_ok[j] {
+                                continue;
+                            }
+                            Rule::Nan
+                        } else if x < lo {
+                            Rule::Min
+                        } else {
+                            Rule::Max
+                        };
+                        if !found(r, j, x, rule) {
+                            return;
                         }
-                        Rule::Nan
-                    } else if x < lo {
-                        Rule::Min
-                    } else {
-                        Rule::Max
-                    };
-                    if !found(r, j, x, rule) {
-                        return;
                     }
                 }
             }
@@ -183,10 +235,7 @@ impl<V: Value> Table<V> {
                 let x = to(row[*j]);
                 #[allow(clippy::eq_op)]
                 let nan = x != x;
-                let known = allowed
-                    .binary_search_by(|v| v.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Less))
-                    .is_ok();
-                if !nan && !known && !found(r, *j, x, Rule::Allowed) {
+                if !nan && !allowed.contains(x) && !found(r, *j, x, Rule::Allowed) {
                     return;
                 }
             }

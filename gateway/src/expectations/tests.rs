@@ -334,3 +334,22 @@ fn a_missing_profile_refuses_derived_expectations() {
             .is_none()
     );
 }
+
+#[test]
+fn allowed_sets_as_masks_and_sorted() {
+    let bits = Allowed::<f32>::new(&[-1.0, 0.0, 3.0]);
+    assert!(matches!(bits, Allowed::Bits { .. }));
+    for (x, want) in [
+        (-1.0, true),
+        (-0.0, true),
+        (3.0, true),
+        (1.0, false),
+        (0.5, false),
+    ] {
+        assert_eq!(bits.contains(x), want, "{x}");
+    }
+    assert!(!bits.contains(-2.0) && !bits.contains(100.0) && !bits.contains(f32::INFINITY));
+    let sorted = Allowed::<f64>::new(&[0.0, 2.5, 100.0]);
+    assert!(matches!(sorted, Allowed::Sorted(_)));
+    assert!(sorted.contains(100.0) && sorted.contains(-0.0) && !sorted.contains(1.0));
+}
