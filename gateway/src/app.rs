@@ -375,6 +375,9 @@ fn start_controllers(
             let stop = Arc::new(AtomicBool::new(false));
             crate::outcomes::kafka::consume(Arc::clone(outcomes), brokers, Arc::clone(&stop))
                 .map_err(|e| anyhow::anyhow!("outcomes topic: {e}"))?;
+            let forwarder = crate::outcomes::kafka::Forwarder::connect(outcomes, brokers)
+                .map_err(|e| anyhow::anyhow!("outcomes topic: {e}"))?;
+            outcomes.forward_unknown(forwarder);
             let mut stopped = shutdown.subscribe();
             tasks.push(tokio::spawn(async move {
                 let _ = stopped.wait_for(|s| *s).await;

@@ -15,7 +15,9 @@ use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::record::parse_topic_record;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+
+use super::record::{OutcomeRecord, TopicRecord, parse_topic_record};
 use super::{Outcomes, Source};
 
 /// Starts the reader thread; it runs until `stop` is set.
@@ -86,6 +88,8 @@ fn read_loop(
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => match parse_topic_record(message.payload().unwrap_or_default()) {
+                // What this replica forwarded itself it already failed to join.
+                Ok(r) if r.origin.as_deref() == Some(outcomes.origin()) => {}
                 Ok(r) => {
                     outcomes.apply(&r.model, std::slice::from_ref(&r.record), Source::Kafka);
                 }
@@ -162,5 +166,46 @@ impl Quiet {
         }
         self.0 = Some(Instant::now());
         true
+    }
+}
+
+/// Writes the outcomes this replica could not join to the outcomes topic.
+pub struct Forwarder {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl Forwarder {
+    pub fn connect(outcomes: &Outcomes, brokers: &str) -> Result<Forwarder, String> {
+        let settings = &outcomes.config().kafka;
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("client.id", "sluice-outcomes-forwarder")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        let producer = c
+            .create()
+            .map_err(|e| format!("cannot create the outcomes forwarder: {e}"))?;
+        Ok(Forwarder {
+            producer,
+            topic: settings.topic.clone(),
+        })
+    }
+
+    /// Queues one outcome (keyed by its request id); false when the producer's queue is full.
+    pub fn send(&self, model: &str, record: &OutcomeRecord, origin: &str) -> bool {
+        let payload = TopicRecord {
+            model: model.to_string(),
+            record: record.clone(),
+            origin: Some(origin.to_string()),
+        }
+        .to_json();
+        self.producer
+            .send(
+                BaseRecord::to(&self.topic)
+                    .key(&record.id)
+                    .payload(&payload),
+            )
+            .is_ok()
     }
 }

@@ -44,6 +44,9 @@ pub struct JoinCounts {
     pub late: u64,
     /// The kind does not fit the prediction (a `value` for a classifier's label).
     pub mismatched: u64,
+    /// Of the unknown ones, how many were passed on to the outcomes topic, for the replica
+    /// that served them to join (only with `outcomes.kafka.topic` set).
+    pub forwarded: u64,
 }
 
 /// Where outcomes came in, for the metrics.
@@ -66,12 +69,33 @@ pub struct Outcomes {
     config: OutcomesConfig,
     index: PredictionIndex,
     log: PredictionLog,
+    /// Where outcomes this replica cannot join go, when an outcomes topic is configured.
+    forwarder: std::sync::OnceLock<kafka::Forwarder>,
+    /// This process, in the records it forwards.
+    origin: String,
 }
 
 impl Outcomes {
     pub fn new(config: OutcomesConfig, log: PredictionLog) -> Outcomes {
         let index = PredictionIndex::new(config.max_predictions, config.max_age);
-        Outcomes { config, index, log }
+        Outcomes {
+            config,
+            index,
+            log,
+            forwarder: std::sync::OnceLock::new(),
+            origin: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// Passes outcomes posted here that this replica did not serve on to the outcomes topic,
+    /// where the replica that served them joins them: in a fleet behind a load balancer, an
+    /// outcome rarely reaches the replica that answered.
+    pub fn forward_unknown(&self, forwarder: kafka::Forwarder) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn config(&self) -> &OutcomesConfig {
@@ -128,7 +152,13 @@ impl Outcomes {
                 }
                 Join::Late => counts.late += 1,
                 Join::Duplicate => counts.duplicate += 1,
-                Join::Unknown => counts.unknown += 1,
+                Join::Unknown => {
+                    counts.unknown += 1;
+                    let forwarder = self.forwarder.get().filter(|_| source == Source::Http);
+                    if forwarder.is_some_and(|f| f.send(model, r, &self.origin)) {
+                        counts.forwarded += 1;
+                    }
+                }
                 Join::Mismatched => counts.mismatched += 1,
             }
         }
@@ -165,13 +195,14 @@ impl Outcomes {
 }
 
 impl JoinCounts {
-    fn by_result(&self) -> [(&'static str, u64); 5] {
+    fn by_result(&self) -> [(&'static str, u64); 6] {
         [
             ("matched", self.matched),
             ("unknown", self.unknown),
             ("duplicate", self.duplicate),
             ("late", self.late),
             ("mismatched", self.mismatched),
+            ("forwarded", self.forwarded),
         ]
     }
 }

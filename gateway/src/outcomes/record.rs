@@ -23,6 +23,31 @@ pub struct OutcomeRecord {
 pub struct TopicRecord {
     pub model: String,
     pub record: OutcomeRecord,
+    /// Set by the replica that forwarded an outcome it could not join (see
+    /// [`super::Outcomes::apply`]), so that it skips its own record when it reads it back.
+    pub origin: Option<String>,
+}
+
+impl TopicRecord {
+    /// The `sluice.outcome.v1` form of an outcome a replica forwards.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut value = serde_json::json!({
+            "schema": OUTCOME_SCHEMA,
+            "model": self.model,
+            "id": self.record.id,
+            "row": self.record.outcome.row,
+        });
+        let (field, truth) = match self.record.outcome.truth {
+            Truth::Label(l) => ("label", serde_json::json!(l)),
+            Truth::Value(v) => ("value", serde_json::json!(v)),
+            Truth::Reward(r) => ("reward", serde_json::json!(r)),
+        };
+        value[field] = truth;
+        if let Some(origin) = &self.origin {
+            value["origin"] = serde_json::json!(origin);
+        }
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
 }
 
 /// Reads `{"outcomes": [...]}`; `max_batch` bounds the records of one call. The error names
@@ -98,8 +123,17 @@ pub fn parse_topic_record(payload: &[u8]) -> Result<TopicRecord, String> {
         Some(Value::String(m)) if !m.is_empty() => m,
         _ => return Err("'model' must be the model's name".into()),
     };
+    let origin = match fields.remove("origin") {
+        Some(Value::String(o)) => Some(o),
+        Some(_) => return Err("'origin' must be a string".into()),
+        None => None,
+    };
     let record = parse_fields(fields, &["timestamp"])?;
-    Ok(TopicRecord { model, record })
+    Ok(TopicRecord {
+        model,
+        record,
+        origin,
+    })
 }
 
 fn parse_fields(mut fields: Map<String, Value>, ignored: &[&str]) -> Result<OutcomeRecord, String> {
@@ -229,6 +263,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.model.as_str(), r.record.id.as_str()), ("churn", "x"));
+        let forwarded = TopicRecord {
+            origin: Some("replica-a".into()),
+            ..r.clone()
+        };
+        assert_eq!(parse_topic_record(&forwarded.to_json()), Ok(forwarded));
         assert!(
             parse_topic_record(br#"{"model": "churn", "id": "x", "label": 1}"#)
                 .unwrap_err()

@@ -489,7 +489,7 @@ async fn the_join_handles_late_duplicate_unknown_and_evicted_outcomes() {
     .await;
     assert_eq!(
         counts,
-        json!({"matched": 1, "duplicate": 1, "unknown": 1, "late": 0, "mismatched": 0})
+        json!({"matched": 1, "duplicate": 1, "unknown": 1, "late": 0, "mismatched": 0, "forwarded": 0})
     );
     assert_eq!(
         post_labels(&server, "mlp", &[(id.clone(), 1)]).await["duplicate"],
@@ -610,10 +610,7 @@ async fn outcomes_from_a_kafka_topic_are_joined() {
     let broker = Tansu::start();
     broker.create_topic("sluice.outcomes");
     let repo = repo_of(&[("mlp", bench_repo().join("mlp/1"))]);
-    let mut config = config(repo.path());
-    config.outcomes.kafka.topic = "sluice.outcomes".into();
-    config.outcomes.kafka.brokers = broker.brokers();
-    let server = TestServer::start(config).await;
+    let server = TestServer::start(config_for_topic(repo.path(), &broker.brokers())).await;
     let (rows, labels) = (mlp_sample_rows(), mlp_labels());
     for (i, row) in rows.iter().take(20).enumerate() {
         let (status, _, _) = infer(&server, "mlp", &mlp_body(row, Some(&format!("k-{i}")))).await;
@@ -655,5 +652,35 @@ async fn outcomes_from_a_kafka_topic_are_joined() {
         ),
         Some(1.0)
     );
+
+    // A second replica on the same topic: an outcome posted to it for a request the first one
+    // served is forwarded, and the first one joins it.
+    let mut other = config_for_topic(repo.path(), &broker.brokers());
+    other.outcomes.token = Some(OUTCOMES_TOKEN.into());
+    let other = TestServer::start(other).await;
+    let (status, _, _) = infer(&server, "mlp", &mlp_body(&rows[20], Some("fw-1"))).await;
+    assert_eq!(status, 200);
+    let counts = post_labels(&other, "mlp", &[("fw-1".into(), labels[20])]).await;
+    assert_eq!(
+        (&counts["unknown"], &counts["forwarded"]),
+        (&json!(1), &json!(1)),
+        "{counts}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while quality(&server, "mlp", 1, "primary").await["labeled"] != 21 {
+        assert!(
+            Instant::now() < deadline,
+            "the forwarded outcome was not joined"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.stop().await;
     server.stop().await;
+}
+
+fn config_for_topic(repo: &Path, brokers: &str) -> Config {
+    let mut config = config(repo);
+    config.outcomes.kafka.topic = "sluice.outcomes".into();
+    config.outcomes.kafka.brokers = brokers.into();
+    config
 }
