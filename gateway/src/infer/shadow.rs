@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{LogEntry, Outcome, record_outcome, request_rows, run_version};
+use super::{LogEntry, RunSummary, record_run, request_rows, run_version};
 use crate::predlog::PredictionLog;
 use crate::predlog::record::ShadowComparison;
 use crate::repository::LoadedVersion;
@@ -129,7 +129,7 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
             None
         }
     };
-    let outcome = Outcome {
+    let summary = RunSummary {
         variant: Variant::Shadow,
         protocol: job.protocol,
         rows,
@@ -144,5 +144,5 @@ async fn run(job: ShadowJob, totals: &Totals, timeout: Duration, log: &Predictio
             .map(|c| ShadowComparison::new(job.primary_version, c)),
         expectations: None,
     });
-    record_outcome(target, &outcome, log, entry);
+    record_run(target, &summary, log, entry);
 }
