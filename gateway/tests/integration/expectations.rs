@@ -1,6 +1,6 @@
 //! Data expectations end to end, on the credit model (a LightGBM ensemble served by sluice's
 //! own tree evaluator, so no ONNX Runtime needed): a rejected request is a 400 naming input,
-//! row, feature and rule and runs nothing; a flagged one is served unchanged, counted in
+//! row, feature and rule (over v2 JSON, V1 and gRPC) and runs nothing; a flagged one is served unchanged, counted in
 //! /metrics and marked in its file prediction-log record; rules derived from a profile that
 //! `sluice profile` (the binary) wrote hold at the training range plus the margin; a table that
 //! does not fit the model refuses the load and the served version stays.
@@ -143,6 +143,16 @@ async fn reject_names_the_feature_row_and_rule_and_runs_nothing() {
         "{body}"
     );
 
+    // And gRPC, with raw inputs: INVALID_ARGUMENT, the same message.
+    let status = grpc_infer(&server, M, &rows).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("row 3 feature 'tenure': 1200 is above"),
+        "{status:?}"
+    );
+
     // Counted as client errors and violations; the model never ran.
     let metrics = server.metrics_text().await;
     assert_eq!(
@@ -151,7 +161,7 @@ async fn reject_names_the_feature_row_and_rule_and_runs_nothing() {
     );
     assert_eq!(
         series_value(&metrics, &violations(M, "tenure", "max")),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(series_value(&metrics, &runs_line), runs);
     // And nothing else changed: the same version answers the clean request as before.
@@ -164,6 +174,38 @@ async fn reject_names_the_feature_row_and_rule_and_runs_nothing() {
         "after",
     );
     server.stop().await;
+}
+
+/// A KServe v2 gRPC ModelInfer of `rows`, the input as raw contents.
+async fn grpc_infer(
+    server: &TestServer,
+    model: &str,
+    rows: &[[f32; 10]],
+) -> Result<sluice_protocol::grpc::proto::ModelInferResponse, tonic::Status> {
+    use sluice_protocol::grpc::proto;
+    use sluice_protocol::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let addr = server.server.as_ref().expect("running").grpc_addr;
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("gRPC connect");
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let request = proto::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![proto::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows.len() as i64, 10],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            sluice_protocol::raw::encode(&sluice_core::tensor::TensorData::F32(data)).into(),
+        ],
+        ..Default::default()
+    };
+    client
+        .model_infer(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// The prediction-log records written so far, once at least `n` are there.
