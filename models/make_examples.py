@@ -50,6 +50,17 @@ CREDIT_TOML = """\
 # Which versions to keep loaded: { latest = N }, "all", or { specific = [1, 2] }.
 # sluice's default is latest 2, so the previous version is the instant rollback target.
 version_policy = { latest = 2 }
+
+# Data expectations checked on every request before the model runs (see the README's "Data
+# expectations"): "reject" answers 400 naming the row, feature and rule; "flag" serves, counts
+# sluice_expectation_violations_total and marks the prediction-log record.
+# [expectations]
+# on_violation = "flag"
+# derive = "profile"        # training range from the version's profile.json, widened by margin
+# margin = 0.1
+# [expectations.features.f2]
+# min = -10
+# max = 10
 """
 
 FIXTURES_README = """\
