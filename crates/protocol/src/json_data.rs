@@ -133,6 +133,17 @@ struct Builder {
     leaf_depth: Option<usize>,
 }
 
+/// Room for the first values of a tensor: a batch-1 request's few dozen numbers fill it in
+/// one allocation instead of four (profiled: growing from one value up was 4 reallocations
+/// per request).
+const FIRST_VALUES: usize = 32;
+
+fn first<T>(x: T) -> Vec<T> {
+    let mut values = Vec::with_capacity(FIRST_VALUES);
+    values.push(x);
+    values
+}
+
 impl Builder {
     fn leaf<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
         match self.leaf_depth {
@@ -147,7 +158,7 @@ impl Builder {
 
     fn push_int<E: de::Error>(&mut self, x: i64) -> Result<(), E> {
         match &mut self.values {
-            JsonValues::Empty => self.values = JsonValues::Ints(vec![x]),
+            JsonValues::Empty => self.values = JsonValues::Ints(first(x)),
             JsonValues::Ints(v) => v.push(x),
             JsonValues::Floats(v) => v.push(x as f64),
             _ => return Err(E::custom("data mixes numbers with other kinds of values")),
@@ -157,7 +168,7 @@ impl Builder {
 
     fn push_float<E: de::Error>(&mut self, x: f64) -> Result<(), E> {
         match &mut self.values {
-            JsonValues::Empty => self.values = JsonValues::Floats(vec![x]),
+            JsonValues::Empty => self.values = JsonValues::Floats(first(x)),
             JsonValues::Floats(v) => v.push(x),
             JsonValues::Ints(v) => {
                 let mut floats: Vec<f64> = v.iter().map(|&i| i as f64).collect();

@@ -179,6 +179,7 @@ pub async fn serve<S, B>(
         let local = stream.local_addr().ok();
         let connection = Connection {
             name,
+            http2_only,
             peer,
             local,
             activity: Arc::new(Activity::new(http2_only)),
@@ -364,6 +365,8 @@ impl Drop for RequestGuard {
 
 struct Connection {
     name: &'static str,
+    /// The gRPC listener: its service is tonic's.
+    http2_only: bool,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     activity: Arc<Activity>,
@@ -396,17 +399,22 @@ impl Connection {
             rewriting: None,
         });
         let activity = Arc::clone(&self.activity);
-        let (peer, local) = (self.peer, self.local);
+        let (peer, local, http2_only) = (self.peer, self.local, self.http2_only);
         let requests = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let http2 = request.version() == http::Version::HTTP_2;
             let guard = activity.begin(http2);
-            // Who is calling, in the forms axum's and tonic's extractors read.
+            // Who is calling, in the form the listener's service reads: tonic's on the gRPC
+            // listener (the h2-only one), axum's on the others. One, not both: each insert
+            // is an allocation per request.
             let extensions = request.extensions_mut();
-            extensions.insert(axum::extract::ConnectInfo(peer));
-            extensions.insert(tonic::transport::server::TcpConnectInfo {
-                local_addr: local,
-                remote_addr: Some(peer),
-            });
+            if http2_only {
+                extensions.insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: local,
+                    remote_addr: Some(peer),
+                });
+            } else {
+                extensions.insert(axum::extract::ConnectInfo(peer));
+            }
             let call = tower::ServiceExt::oneshot(service.clone(), request);
             let activity = Arc::clone(&activity);
             async move {
