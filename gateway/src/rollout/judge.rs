@@ -184,6 +184,26 @@ pub struct OutcomeTest {
     pub breach: bool,
 }
 
+impl OutcomeTest {
+    /// The two sides' values and outcome counts, before any test.
+    fn new(metric: &'static str, canary: (f64, u64), primary: (f64, u64), margin: f64) -> Self {
+        OutcomeTest {
+            metric,
+            canary: canary.0,
+            primary: primary.0,
+            canary_outcomes: canary.1,
+            primary_outcomes: primary.1,
+            decrease: primary.0 - canary.0,
+            margin,
+            z: None,
+            z_limit: None,
+            probability_better: None,
+            probability_worse: None,
+            breach: false,
+        }
+    }
+}
+
 /// Judges correctness once both sides have `min_outcomes`: label outcomes first (accuracy),
 /// else rewards. Runs before (and apart from) the `min_requests` gate: outcomes are the
 /// stronger evidence, and a wrong model must not keep serving while requests accumulate.
@@ -192,22 +212,13 @@ fn outcome_check(plan: &RolloutPlan, canary: &Sample, primary: &Sample) -> Optio
     let enough = |n: u64, m: u64| n >= plan.min_outcomes && m >= plan.min_outcomes;
     let bayesian = plan.promote_on == PromoteOn::Probability;
     if enough(c.labeled, p.labeled) {
-        let (ca, pa) = (c.accuracy()?, p.accuracy()?);
         let margin = plan.max_accuracy_decrease;
-        let mut t = OutcomeTest {
-            metric: "accuracy",
-            canary: ca,
-            primary: pa,
-            canary_outcomes: c.labeled,
-            primary_outcomes: p.labeled,
-            decrease: pa - ca,
+        let mut t = OutcomeTest::new(
+            "accuracy",
+            (c.accuracy()?, c.labeled),
+            (p.accuracy()?, p.labeled),
             margin,
-            z: None,
-            z_limit: None,
-            probability_better: None,
-            probability_worse: None,
-            breach: false,
-        };
+        );
         if bayesian {
             let (cp, pp) = (
                 AccuracyPosterior::new(c.correct, c.labeled),
@@ -236,20 +247,7 @@ fn outcome_check(plan: &RolloutPlan, canary: &Sample, primary: &Sample) -> Optio
         };
         let (cs, ps) = (side(c), side(p));
         let margin = plan.max_reward_decrease;
-        let mut t = OutcomeTest {
-            metric: "reward",
-            canary: cs.0,
-            primary: ps.0,
-            canary_outcomes: cs.2,
-            primary_outcomes: ps.2,
-            decrease: ps.0 - cs.0,
-            margin,
-            z: None,
-            z_limit: None,
-            probability_better: None,
-            probability_worse: None,
-            breach: false,
-        };
+        let mut t = OutcomeTest::new("reward", (cs.0, cs.2), (ps.0, ps.2), margin);
         if bayesian {
             let worse = reward_probability_above(ps, cs, margin).unwrap_or(0.0);
             t.probability_better = reward_probability_above(cs, ps, 0.0);

@@ -113,21 +113,9 @@ fn config(repo: &Path) -> Config {
     config
 }
 
-fn python() -> Option<PathBuf> {
-    let from_env = std::env::var_os("VENV_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let found = from_env.into_iter().chain([fallback]).find(|p| p.is_file());
-    if found.is_none() && std::env::var("SLUICE_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("SLUICE_REQUIRE_PYTHON=1 but no Python environment was found (VENV_PYTHON)");
-    }
-    found
-}
-
 /// scikit-learn's numbers for `truth` and `scores` (JSON arrays): the referee.
 fn sklearn(script: &str, data: &Value) -> Option<Value> {
-    let python = python()?;
+    let python = venv_python()?;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("data.json");
     std::fs::write(&input, serde_json::to_vec(data).unwrap()).unwrap();

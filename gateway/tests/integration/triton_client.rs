@@ -6,29 +6,14 @@
 //! `<root>/.venv/bin/python`). Without one the test is skipped with a notice, unless
 //! `SLUICE_REQUIRE_PYTHON=1` (set by scripts/test.sh and so CI), where it fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
 use sluice_runtime::RuntimeChoice;
 
-fn python() -> Option<PathBuf> {
-    let from_env = std::env::var_os("VENV_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let found = from_env.into_iter().chain([fallback]).find(|p| p.is_file());
-    if found.is_none() && std::env::var("SLUICE_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!(
-            "SLUICE_REQUIRE_PYTHON=1 but no Python environment was found: set VENV_PYTHON or \
-             run scripts/python-deps.sh"
-        );
-    }
-    found
-}
-
 async fn conformance(suite: &str, repo: &Path, tree_models: &[&str]) {
-    let Some(python) = python() else {
+    let Some(python) = venv_python() else {
         eprintln!(
             "SKIPPED: triton_client {suite}: no Python environment (run scripts/python-deps.sh)"
         );

@@ -33,6 +33,24 @@ pub fn ort_available() -> bool {
     found
 }
 
+/// The test suite's Python (`$VENV_PYTHON`, else `.venv/bin/python`), for the official Triton
+/// client and scikit-learn. CI sets `SLUICE_REQUIRE_PYTHON=1` so that a missing environment
+/// fails the run instead of skipping what needs it.
+pub fn venv_python() -> Option<PathBuf> {
+    let from_env = std::env::var_os("VENV_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let found = from_env.into_iter().chain([fallback]).find(|p| p.is_file());
+    if found.is_none() && std::env::var("SLUICE_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!(
+            "SLUICE_REQUIRE_PYTHON=1 but no Python environment was found: set VENV_PYTHON or \
+             run scripts/python-deps.sh"
+        );
+    }
+    found
+}
+
 /// The runtimes to test: tract always, ORT when present.
 pub fn runtimes() -> Vec<RuntimeChoice> {
     let mut runtimes = vec![RuntimeChoice::Tract];

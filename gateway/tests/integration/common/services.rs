@@ -11,19 +11,14 @@ use std::time::{Duration, Instant};
 /// `<root>/.venv/bin`). Without it the caller skips with a notice, unless
 /// `SLUICE_REQUIRE_PYTHON=1`, where this fails.
 pub fn venv_tool(name: &str) -> Option<PathBuf> {
-    let python = std::env::var_os("VENV_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let tool = python
+    let tool = super::venv_python()?
         .parent()
         .map(|bin| bin.join(name))
         .filter(|t| t.is_file());
     if tool.is_none() && std::env::var("SLUICE_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
         panic!(
-            "SLUICE_REQUIRE_PYTHON=1 but {name} is not in the test virtualenv ({}): run \
-             scripts/python-deps.sh",
-            python.display()
+            "SLUICE_REQUIRE_PYTHON=1 but {name} is not in the test virtualenv: run \
+             scripts/python-deps.sh"
         );
     }
     tool
