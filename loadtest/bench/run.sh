@@ -136,8 +136,9 @@ PY
 }
 
 RESULTS="$WORK/results"
-CEILING_PORT=18630
 for round in $(seq "$ROUNDS"); do
+    # One ceiling per row, on the same ports every round (18660 and up: clear of the servers').
+    CEILING_PORT=18660
     for row in $ROWS; do
         model=${row%:*}; batch=${row#*:}
         body="$FIX/bench/${model}_request_b${batch}.json"
@@ -160,7 +161,7 @@ for round in $(seq "$ROUNDS"); do
                 echo "$model $batch $c $name $(cell "$name" "$pid" "$url" "$body" "$c")" >>"$RESULTS"
             done
         done
-        kill $ceiling; wait $ceiling 2>/dev/null || true
+        kill $ceiling 2>/dev/null || true; wait $ceiling 2>/dev/null || true
         CEILING_PORT=$((CEILING_PORT + 1))
     done
 done

@@ -108,7 +108,9 @@ impl V2Input {
 #[derive(Serialize)]
 pub struct V2Response<'a> {
     pub model_name: &'a str,
-    pub model_version: String,
+    /// The version number, written as the string v2 wants without allocating one.
+    #[serde(serialize_with = "as_string")]
+    pub model_version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a str>,
     pub outputs: Vec<V2Output<'a>>,
@@ -136,10 +138,14 @@ impl Serialize for JsonData<'_> {
     }
 }
 
+fn as_string<S: Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(n)
+}
+
 pub fn encode_response(response: &InferResponse) -> Vec<u8> {
     let body = V2Response {
         model_name: &response.model,
-        model_version: response.version.to_string(),
+        model_version: response.version,
         id: response.id.as_deref(),
         outputs: response
             .outputs
