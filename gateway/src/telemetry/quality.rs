@@ -40,16 +40,22 @@ const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 /// log(0) guard, as in scikit-learn's log loss.
 const PROBABILITY_FLOOR: f64 = 1e-15;
 
-/// What a version answered for the rows of one request, kept until outcomes join it.
+/// Labels of a request's rows: one inline (batch 1, the usual case), more on the heap.
+pub type Labels = smallvec::SmallVec<[i64; 1]>;
+/// Scores of a request's rows: up to four inline (a two-class row, a regressor's value).
+pub type Scores = smallvec::SmallVec<[f32; 4]>;
+
+/// What a version answered for the rows of one request, kept until outcomes join it. Small
+/// answers are held inline: the index holds many of these, and each request makes one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Predicted {
     /// Rows kept (at most [`MAX_KEPT_ROWS`]).
     pub rows: usize,
     /// One label per row, for classifiers.
-    pub labels: Option<Box<[i64]>>,
+    pub labels: Option<Labels>,
     /// Row-major scores: class probabilities (`width` per row) for classifiers with a
     /// probability output, or the predicted value (`width` = 1) for regressors.
-    pub scores: Option<Box<[f32]>>,
+    pub scores: Option<Scores>,
     pub width: usize,
     /// Whether `scores` are class probabilities (rather than a regression value).
     pub probabilities: bool,
@@ -71,10 +77,10 @@ fn one_per_row(t: &Tensor, rows: usize) -> bool {
     t.shape.first() == Some(&rows) && t.data.len() == rows
 }
 
-/// The first `n` values of a float tensor, as f32 (one allocation).
-fn floats(t: &Tensor, n: usize) -> Option<Box<[f32]>> {
+/// The first `n` values of a float tensor, as f32.
+fn floats(t: &Tensor, n: usize) -> Option<Scores> {
     match &t.data {
-        TensorData::F32(v) => Some(v.get(..n)?.into()),
+        TensorData::F32(v) => Some(Scores::from_slice(v.get(..n)?)),
         TensorData::F64(v) => Some(v.get(..n)?.iter().map(|&x| x as f32).collect()),
         _ => None,
     }
@@ -94,13 +100,13 @@ impl Predicted {
     /// probability of a two-class model.
     pub fn from_outputs(outputs: &[Tensor], rows: usize) -> Predicted {
         let kept = rows.min(MAX_KEPT_ROWS);
-        let labels: Option<Box<[i64]>> = outputs
+        let labels: Option<Labels> = outputs
             .iter()
             .find(|t| {
                 one_per_row(t, rows) && matches!(t.data, TensorData::I64(_) | TensorData::I32(_))
             })
             .and_then(|t| match &t.data {
-                TensorData::I64(v) => Some(v[..kept].into()),
+                TensorData::I64(v) => Some(Labels::from_slice(&v[..kept])),
                 TensorData::I32(v) => Some(v[..kept].iter().map(|&l| i64::from(l)).collect()),
                 _ => None,
             });
@@ -124,11 +130,11 @@ impl Predicted {
         if width == 1 && labels.is_some() {
             // p(class 1) of a two-class model: spelled out as a probability row.
             let binary = values.iter().all(|p| (0.0..=1.0).contains(p));
-            let rows2: Vec<f32> = values.iter().flat_map(|&p| [1.0 - p, p]).collect();
+            let rows2: Scores = values.iter().flat_map(|&p| [1.0 - p, p]).collect();
             return Predicted {
                 rows: kept,
                 labels,
-                scores: binary.then(|| rows2.into()),
+                scores: binary.then_some(rows2),
                 width: if binary { 2 } else { 0 },
                 probabilities: binary,
             };
