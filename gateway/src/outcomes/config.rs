@@ -62,7 +62,8 @@ pub struct OutcomesKafkaConfig {
     pub topic: String,
     /// Bootstrap brokers; empty uses `prediction_log.kafka.brokers`.
     pub brokers: String,
-    /// Further librdkafka consumer properties (e.g. `security.protocol`).
+    /// Further librdkafka properties (e.g. `security.protocol`), for the reader and for the
+    /// producer that forwards outcomes this replica did not serve.
     pub consumer: std::collections::BTreeMap<String, String>,
 }
 

@@ -183,6 +183,11 @@ impl Forwarder {
             .set("client.id", "sluice-outcomes-forwarder")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
+        // The same cluster as the reader: its connection settings (security.protocol, SASL,
+        // certificates) apply here too. librdkafka ignores, with a warning, consumer-only ones.
+        for (key, value) in &settings.consumer {
+            c.set(key, value);
+        }
         let producer = c
             .create()
             .map_err(|e| format!("cannot create the outcomes forwarder: {e}"))?;
