@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::outcomes::{OUTCOMES_TOKEN, mlp_body, mlp_labels};
-use crate::rollout::ONE_AT_A_TIME;
+use crate::rollout::{ONE_AT_A_TIME, TOKEN, decisions, send as admin, wait_for_rollout};
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 
-const TOKEN: &str = "guard-token";
 /// A model name of its own: the metrics recorder is shared by every server in this process,
 /// and rollout.rs counts the decisions of its model `mlp`.
 const MODEL: &str = "guarded";
@@ -56,20 +55,6 @@ async fn start(repo: &std::path::Path) -> Arc<TestServer> {
     .await;
     assert_eq!(status, 200, "{body}");
     Arc::new(server)
-}
-
-async fn admin(server: &TestServer, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let response = server
-        .client
-        .request(method, server.url(path))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// One answer, and the outcome the client will send for it.
@@ -213,36 +198,6 @@ impl Traffic {
     }
 }
 
-/// Polls the rollout every 20 ms until `done` holds; returns it and when it was first seen.
-async fn wait_for(
-    server: &TestServer,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> (Value, Instant) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (status, rollout) = server.get(ROLLOUT).await;
-        assert_eq!(status, 200, "{rollout}");
-        if done(&rollout) {
-            return (rollout, Instant::now());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout did not get there: {rollout:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn decisions(rollout: &Value) -> Vec<String> {
-    rollout["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["decision"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn assert_none_failed(answers: &[(u16, String, String)]) {
     let failed = answers.iter().filter(|a| a.0 != 200).count();
     assert_eq!(failed, 0, "{failed} of {} requests failed", answers.len());
@@ -265,7 +220,7 @@ async fn a_candidate_that_is_wrong_on_every_row_is_rolled_back_on_its_outcomes()
     )
     .await;
     assert_eq!(status, 201, "{started}");
-    let (rollout, seen) = wait_for(&server, Duration::from_secs(30), |r| {
+    let (rollout, seen) = wait_for_rollout(&server, ROLLOUT, Duration::from_secs(30), |r| {
         r["state"] == "rolled_back"
     })
     .await;
@@ -309,7 +264,7 @@ async fn a_healthy_candidate_with_outcomes_is_promoted() {
     .await;
     assert_eq!(status, 201, "{started}");
     // Judged on outcomes at some step: both sides equally right.
-    let (done, _) = wait_for(&server, Duration::from_secs(40), |r| {
+    let (done, _) = wait_for_rollout(&server, ROLLOUT, Duration::from_secs(40), |r| {
         r["phase"] == "finished"
     })
     .await;
@@ -349,7 +304,7 @@ async fn a_clearly_better_candidate_is_promoted_early_by_probability() {
     )
     .await;
     assert_eq!(status, 201, "{started}");
-    let (done, _) = wait_for(&server, Duration::from_secs(30), |r| {
+    let (done, _) = wait_for_rollout(&server, ROLLOUT, Duration::from_secs(30), |r| {
         r["state"] == "promoted"
     })
     .await;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_runtime::RuntimeChoice;
 
-const TOKEN: &str = "rollout-token";
+pub(crate) const TOKEN: &str = "rollout-token";
 
 /// The tests run one at a time: each puts a few hundred requests a second through a server,
 /// and on a small machine side-by-side runs would measure each other's load, not the guard.
@@ -61,7 +61,12 @@ async fn start(repo: &std::path::Path, runtime: RuntimeChoice) -> Arc<TestServer
     Arc::new(server)
 }
 
-async fn send(server: &TestServer, method: &str, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn send(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let response = server
         .client
@@ -181,9 +186,20 @@ async fn wait_for(
     limit: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> (Value, Instant) {
+    wait_for_rollout(server, ROLLOUT, limit, done).await
+}
+
+/// Polls the rollout at `path` every 20 ms until `done` holds; returns it and when it was
+/// first seen.
+pub(crate) async fn wait_for_rollout(
+    server: &TestServer,
+    path: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Instant) {
     let deadline = Instant::now() + limit;
     loop {
-        let (status, rollout) = server.get(ROLLOUT).await;
+        let (status, rollout) = server.get(path).await;
         assert_eq!(status, 200, "{rollout}");
         if done(&rollout) {
             return (rollout, Instant::now());
@@ -196,7 +212,7 @@ async fn wait_for(
     }
 }
 
-fn decisions(rollout: &Value) -> Vec<String> {
+pub(crate) fn decisions(rollout: &Value) -> Vec<String> {
     rollout["timeline"]
         .as_array()
         .unwrap()
