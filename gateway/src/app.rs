@@ -219,7 +219,6 @@ impl Core {
         let log = PredictionLog::start(&config.prediction_log)
             .map_err(|e| anyhow::anyhow!("prediction log: {e}"))?;
         let router = Arc::new(Router::new(Snapshot::default()));
-        let outcomes = Arc::new(Outcomes::new(config.outcomes.clone(), log.clone()));
         let models = Arc::new(
             ModelManager::new(loader, Arc::clone(&router), log.clone())
                 .with_rollout_defaults(config.rollout.clone()),
@@ -230,19 +229,23 @@ impl Core {
             config.server.request_timeout,
             log.clone(),
         );
-        let inference = Arc::new(
-            Inference::new(
-                Arc::clone(&router),
-                config.server.request_timeout,
-                shadow,
-                log.clone(),
-                config.server.max_concurrent_requests,
-            )
-            .with_max_response_size(
-                usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
-            )
-            .with_outcomes(Arc::clone(&outcomes)),
+        let mut inference = Inference::new(
+            Arc::clone(&router),
+            config.server.request_timeout,
+            shadow,
+            log.clone(),
+            config.server.max_concurrent_requests,
+        )
+        .with_max_response_size(
+            usize::try_from(config.server.max_response_size).unwrap_or(usize::MAX),
         );
+        // With the join off there is no index, no quality controller and no outcomes topic,
+        // and the outcomes endpoint says so (404) instead of counting every record unknown.
+        if config.outcomes.enabled {
+            let outcomes = Outcomes::new(config.outcomes.clone(), log.clone());
+            inference = inference.with_outcomes(Arc::new(outcomes));
+        }
+        let inference = Arc::new(inference);
         Ok(Core {
             router,
             models,

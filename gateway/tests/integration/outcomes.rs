@@ -687,3 +687,28 @@ fn config_for_topic(repo: &Path, brokers: &str) -> Config {
     config.outcomes.kafka.brokers = brokers.into();
     config
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_join_off_the_endpoint_says_so() {
+    let repo = repo_of(&[("mlp", bench_repo().join("mlp/1"))]);
+    let mut config = config(repo.path());
+    config.outcomes.enabled = false;
+    let server = TestServer::start(config).await;
+    let (status, _, id) = infer(&server, "mlp", &mlp_body(&mlp_sample_rows()[0], None)).await;
+    assert_eq!(
+        (status, id.len()),
+        (200, 29),
+        "ids are returned whether or not outcomes join"
+    );
+    let body = json!({"outcomes": [{"id": id, "label": 0}]}).to_string();
+    let (status, error) = post_outcomes(&server, "mlp", body, Some(OUTCOMES_TOKEN)).await;
+    assert_eq!(status, 404, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("outcomes.enabled = false"),
+        "{error}"
+    );
+    server.stop().await;
+}
