@@ -8,8 +8,8 @@
 //! so a second outcome for it is recognised as a duplicate.
 //!
 //! The index is split into shards by the id's hash, each behind its own mutex, so requests on
-//! different cores rarely meet; a request holds a shard for a hash-map insert and a look at the
-//! oldest entry. Memory is flat whatever fraction of predictions ever gets an outcome: at most
+//! different cores rarely meet; a request holds a shard for a hash-map insert, a push onto the
+//! shard's ring and a look at the oldest entry. Memory is flat whatever fraction of predictions ever gets an outcome: at most
 //! `max_predictions` entries, each a few hundred bytes.
 
 use std::collections::{HashMap, VecDeque};
@@ -87,8 +87,10 @@ enum State {
 type Id = smallvec::SmallVec<[u8; 32]>;
 
 struct Slot {
+    /// The id's keyed hash: the map's key for this slot while it is live.
+    hash: u64,
+    entered: Instant,
     id: Id,
-    seq: u64,
     served: Served,
     state: State,
 }
@@ -114,13 +116,75 @@ impl Hasher for PreHashed {
     }
 }
 
+/// One shard: its entries in the order they were made, and a map from id hash to the live
+/// one's sequence number.
+///
+/// The entries live in a ring rather than in the map because a busy index is always full:
+/// every request evicts the oldest entry as it enters its own. The ring makes both ends
+/// sequential memory (the oldest is at the front, the new one goes at the back) and leaves
+/// the map's random accesses on 16-byte buckets, which stay in cache at 100,000 entries where
+/// hash-map buckets holding the entries themselves did not.
 #[derive(Default)]
 struct Shard {
-    slots: HashMap<u64, Slot, BuildHasherDefault<PreHashed>>,
-    /// (hash, seq, entered) oldest first; a pair whose slot was replaced or removed is
-    /// skipped when it reaches the front.
-    order: VecDeque<(u64, u64, Instant)>,
-    next_seq: u64,
+    live: HashMap<u64, u64, BuildHasherDefault<PreHashed>>,
+    /// `ring[i]` has sequence number `front_seq + i`; `None` once replaced or failed.
+    ring: VecDeque<Option<Slot>>,
+    front_seq: u64,
+}
+
+impl Shard {
+    fn next_seq(&self) -> u64 {
+        self.front_seq + self.ring.len() as u64
+    }
+
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let i = usize::try_from(seq.checked_sub(self.front_seq)?).ok()?;
+        self.ring.get_mut(i)?.as_mut()
+    }
+
+    /// The live entry for `hash`.
+    fn find(&mut self, hash: u64) -> Option<&mut Slot> {
+        let seq = *self.live.get(&hash)?;
+        self.slot_mut(seq)
+    }
+
+    /// The entry a ticket names, if it is still the live one for its hash.
+    fn ticketed(&mut self, ticket: Ticket) -> Option<&mut Slot> {
+        self.slot_mut(ticket.seq).filter(|s| s.hash == ticket.hash)
+    }
+
+    /// Takes the entry `seq` out of the shard (its ring place stays, empty, until it is the
+    /// oldest).
+    fn remove(&mut self, seq: u64) {
+        let Some(i) = self.seq_index(seq) else {
+            return;
+        };
+        if let Some(slot) = self.ring.get_mut(i).and_then(Option::take)
+            && self.live.get(&slot.hash) == Some(&seq)
+        {
+            self.live.remove(&slot.hash);
+        }
+    }
+
+    fn seq_index(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.front_seq)?).ok()
+    }
+
+    /// Drops the oldest ring place; true when it held a live entry.
+    fn pop_oldest(&mut self) -> bool {
+        let Some(place) = self.ring.pop_front() else {
+            return false;
+        };
+        let seq = self.front_seq;
+        self.front_seq += 1;
+        match place {
+            Some(slot) if self.live.get(&slot.hash) == Some(&seq) => {
+                self.live.remove(&slot.hash);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where one request's entry is, for its answer.
@@ -172,35 +236,42 @@ impl PredictionIndex {
         let now = Instant::now();
         let mut shard = self.shard(hash);
         self.evict(&mut shard, now);
-        let seq = shard.next_seq;
-        shard.next_seq += 1;
-        shard.slots.insert(
+        let seq = shard.next_seq();
+        if let Some(replaced) = shard.live.insert(hash, seq)
+            && let Some(i) = shard.seq_index(replaced)
+            && let Some(place) = shard.ring.get_mut(i)
+        {
+            *place = None;
+        }
+        shard.ring.push_back(Some(Slot {
             hash,
-            Slot {
-                id: Id::from_slice(id.as_bytes()),
-                seq,
-                served,
-                state: State::Running {
-                    waiting: Vec::new(),
-                },
+            entered: now,
+            id: Id::from_slice(id.as_bytes()),
+            served,
+            state: State::Running {
+                waiting: Vec::new(),
             },
-        );
-        shard.order.push_back((hash, seq, now));
+        }));
         Ticket { hash, seq }
     }
 
-    /// Drops entries past `max_age`, then the oldest while the shard is over its share.
+    /// Drops entries past `max_age`, then the oldest while the shard is at its share (ring
+    /// places left empty by replaced or failed entries count towards the share: they are
+    /// freed as they reach the front).
     fn evict(&self, shard: &mut Shard, now: Instant) {
-        while let Some(&(hash, seq, entered)) = shard.order.front() {
-            let live = shard.slots.get(&hash).is_some_and(|s| s.seq == seq);
-            let old = now.saturating_duration_since(entered) > self.max_age;
-            let full = shard.slots.len() >= self.per_shard;
-            if live && !old && !full {
+        loop {
+            let (empty, old) = match shard.ring.front() {
+                None => break,
+                Some(None) => (true, false),
+                Some(Some(slot)) => (
+                    false,
+                    now.saturating_duration_since(slot.entered) > self.max_age,
+                ),
+            };
+            if !old && !empty && shard.ring.len() < self.per_shard {
                 break;
             }
-            shard.order.pop_front();
-            if live {
-                shard.slots.remove(&hash);
+            if shard.pop_oldest() {
                 let counter = if old {
                     &self.evicted_age
                 } else {
@@ -208,13 +279,6 @@ impl PredictionIndex {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        // Replaced entries leave stale pairs behind; keep the queue from outgrowing the map.
-        if shard.order.len() > 2 * self.per_shard + 16 {
-            let slots = &shard.slots;
-            let mut order = std::mem::take(&mut shard.order);
-            order.retain(|(hash, seq, _)| slots.get(hash).is_some_and(|s| s.seq == *seq));
-            shard.order = order;
         }
     }
 
@@ -227,15 +291,23 @@ impl PredictionIndex {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Only age applies here: a full shard is trimmed by its next insert.
-            while let Some(&(hash, seq, entered)) = shard.order.front() {
-                if now.saturating_duration_since(entered) <= self.max_age {
+            loop {
+                let old = match shard.ring.front() {
+                    None => break,
+                    Some(None) => true,
+                    Some(Some(slot)) => now.saturating_duration_since(slot.entered) > self.max_age,
+                };
+                if !old {
                     break;
                 }
-                shard.order.pop_front();
-                if shard.slots.get(&hash).is_some_and(|s| s.seq == seq) {
-                    shard.slots.remove(&hash);
+                if shard.pop_oldest() {
                     self.evicted_age.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if shard.ring.is_empty() {
+                // Give the memory of a burst back once it has all aged out.
+                shard.ring.shrink_to(64);
+                shard.live.shrink_to(64);
             }
         }
     }
@@ -243,11 +315,7 @@ impl PredictionIndex {
     /// Fills in a request's answer; outcomes that arrived while it ran are joined now.
     pub fn answer(&self, ticket: Ticket, predicted: Predicted) -> Vec<Joined> {
         let mut shard = self.shard(ticket.hash);
-        let Some(slot) = shard
-            .slots
-            .get_mut(&ticket.hash)
-            .filter(|s| s.seq == ticket.seq)
-        else {
+        let Some(slot) = shard.ticketed(ticket) else {
             return Vec::new();
         };
         let waiting = match std::mem::replace(
@@ -272,12 +340,8 @@ impl PredictionIndex {
     /// Forgets a request that failed: it has no prediction to join.
     pub fn fail(&self, ticket: Ticket) {
         let mut shard = self.shard(ticket.hash);
-        if shard
-            .slots
-            .get(&ticket.hash)
-            .is_some_and(|s| s.seq == ticket.seq)
-        {
-            shard.slots.remove(&ticket.hash);
+        if shard.ticketed(ticket).is_some() {
+            shard.remove(ticket.seq);
         }
     }
 
@@ -286,8 +350,7 @@ impl PredictionIndex {
         let hash = self.hasher.hash_one(id);
         let mut shard = self.shard(hash);
         let Some(slot) = shard
-            .slots
-            .get_mut(&hash)
+            .find(hash)
             .filter(|s| s.id.as_slice() == id.as_bytes() && s.served.quality.model == model)
         else {
             return Join::Unknown;
@@ -311,7 +374,7 @@ impl PredictionIndex {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|s| s.slots.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.live.len()).unwrap_or(0))
             .sum()
     }
 
@@ -472,7 +535,34 @@ mod tests {
         ));
         for shard in index.shards.iter() {
             let shard = shard.lock().unwrap();
-            assert!(shard.order.len() <= 2 * index.per_shard + 16);
+            assert!(shard.ring.len() <= index.per_shard);
+        }
+    }
+
+    #[test]
+    fn a_reused_id_joins_its_latest_prediction() {
+        let quality = Arc::new(VersionQuality::new("m", 1));
+        let index = PredictionIndex::new(160, Duration::from_secs(60));
+        let first = index.begin("a", served(&quality));
+        let second = index.begin("a", served(&quality));
+        // The first run's answer finds its entry replaced.
+        assert!(index.answer(first, answer(0)).is_empty());
+        index.answer(second, answer(1));
+        assert_eq!(index.len(), 1);
+        let Join::Matched(j) = index.join("m", "a", label(1)) else {
+            panic!("the latest prediction is answered")
+        };
+        assert_eq!(j.label, Some(1));
+        // Failing the replaced ticket leaves the live entry alone.
+        index.fail(first);
+        assert!(matches!(index.join("m", "a", label(1)), Join::Duplicate));
+        // Replaced places are freed as they reach the front: the shard stays within its share.
+        for i in 0..1000 {
+            let t = index.begin(&format!("x{i}"), served(&quality));
+            index.answer(t, answer(1));
+        }
+        for shard in index.shards.iter() {
+            assert!(shard.lock().unwrap().ring.len() <= index.per_shard);
         }
     }
 
