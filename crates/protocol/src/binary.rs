@@ -97,12 +97,20 @@ pub fn decode_request(
         ..
     } = parsed;
     let mut inputs = Vec::with_capacity(raw_inputs.len());
+    let mut inputs_json = Vec::new();
     for input in raw_inputs {
         let size = binary_data_size(&input)?;
-        inputs.push(match size {
-            None => input.into_tensor()?,
-            Some(size) => binary_input(input, size, binary.as_mut())?,
-        });
+        let (tensor, text) = match size {
+            None => input.into_tensor_and_text()?,
+            Some(size) => (binary_input(input, size, binary.as_mut())?, None),
+        };
+        if text.is_some() && inputs_json.is_empty() {
+            inputs_json.resize_with(inputs.len(), || None);
+        }
+        if !inputs_json.is_empty() {
+            inputs_json.push(text);
+        }
+        inputs.push(tensor);
     }
     if let Some(section) = &binary
         && section.used != section.rest.len()
@@ -124,6 +132,7 @@ pub fn decode_request(
         version,
         id,
         inputs,
+        inputs_json,
         outputs: requested.map(|outputs| outputs.into_iter().map(|o| o.name).collect()),
         protocol,
         keys,

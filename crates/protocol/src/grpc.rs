@@ -66,6 +66,7 @@ pub fn decode_request(request: ModelInferRequest) -> ServeResult<InferRequest> {
         version: Some(model_version).filter(|v| !v.is_empty()),
         id: Some(id).filter(|v| !v.is_empty()),
         inputs,
+        inputs_json: Vec::new(),
         outputs,
         protocol: Protocol::Grpc,
         // String parameters can carry the sticky-routing key, as v2 JSON `parameters` do; the

@@ -2,9 +2,10 @@
 //! response encoding from [`InferResponse`], plus the metadata documents.
 
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::json_data::JsonTensor;
+use super::json_data::{self, JsonTensor};
 use sluice_core::InferResponse;
 use sluice_core::error::{ServeError, ServeResult};
 use sluice_core::tensor::{
@@ -34,8 +35,10 @@ pub struct V2Input {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
+    /// Kept as its JSON text: decoded by [`V2Input::into_tensor`] once the datatype is known,
+    /// and, when it was a flat array of numbers, copied into the prediction log as sent.
     #[serde(default)]
-    pub data: Option<JsonTensor>,
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,22 +88,58 @@ pub fn parse_datatype(input: &str, name: &str) -> ServeResult<DataType> {
 impl V2Input {
     /// Decodes the JSON `data` of this input into a tensor of its declared shape and type.
     pub fn into_tensor(self) -> ServeResult<Tensor> {
+        self.into_tensor_and_text().map(|(tensor, _)| tensor)
+    }
+
+    /// [`V2Input::into_tensor`], also handing back the `data` text when it was a flat array
+    /// of numbers on one line (what a prediction-log record may copy as it is).
+    pub fn into_tensor_and_text(self) -> ServeResult<(Tensor, Option<Box<RawValue>>)> {
         let shape = parse_shape(&self.name, &self.shape)?;
         let datatype = parse_datatype(&self.name, &self.datatype)?;
-        let json = self
+        let raw = self
             .data
             .ok_or_else(|| ServeError::bad_request(format!("input '{}' has no data", self.name)))?;
         let expected = element_count(&shape);
-        if json.len() != expected {
-            return Err(ServeError::bad_request(format!(
-                "input '{}': shape {:?} needs {expected} values, data has {}",
-                self.name,
-                self.shape,
-                json.len()
-            )));
+        let count_error = |found: usize| {
+            ServeError::bad_request(format!(
+                "input '{}': shape {:?} needs {expected} values, data has {found}",
+                self.name, self.shape,
+            ))
+        };
+        let text = raw.get();
+        let (data, flat) = match json_data::flat_numbers(text, datatype) {
+            Some(data) => (data, true),
+            None => {
+                let json: JsonTensor = serde_json::from_str(text).map_err(|e| {
+                    ServeError::bad_request(format!(
+                        "input '{}': invalid data: {}",
+                        self.name,
+                        without_position(&e)
+                    ))
+                })?;
+                if json.len() != expected {
+                    return Err(count_error(json.len()));
+                }
+                (json.into_data(datatype, &self.name)?, false)
+            }
+        };
+        if data.len() != expected {
+            return Err(count_error(data.len()));
         }
-        let data = json.into_data(datatype, &self.name)?;
-        Tensor::new(self.name, shape, data).map_err(|e| ServeError::bad_request(e.to_string()))
+        let one_line = !text.bytes().any(|b| b == b'\n' || b == b'\r');
+        let tensor = Tensor::new(self.name, shape, data)
+            .map_err(|e| ServeError::bad_request(e.to_string()))?;
+        Ok((tensor, (flat && one_line).then_some(raw)))
+    }
+}
+
+/// serde_json's message without its " at line L column C": the position is within one input's
+/// `data`, which the message names instead.
+fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(at) if error.line() > 0 => message[..at].to_string(),
+        _ => message,
     }
 }
 

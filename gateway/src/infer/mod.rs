@@ -15,7 +15,7 @@ use crate::outcomes::Outcomes;
 use crate::outcomes::record::MAX_ID_LENGTH;
 use crate::predlog::PredictionLog;
 use crate::predlog::record::{
-    PREDICTION_SCHEMA, PredictionRecord, ShadowComparison, latency_us, new_request_id,
+    PREDICTION_SCHEMA, PredictionRecord, ShadowComparison, inputs_json, latency_us, new_request_id,
 };
 use crate::repository::LoadedVersion;
 use crate::routing::{Route, Router};
@@ -167,10 +167,12 @@ impl Inference {
         let started = Instant::now();
         let rows = request_rows(&request.inputs);
         let protocol = request.protocol;
+        // Written now, while the request still has them (the run takes the tensors), from the
+        // client's own JSON text where the decoder kept it.
         let logged_inputs = log_id
             .as_ref()
             .filter(|_| self.log.wants_inputs())
-            .map(|_| request.inputs.clone());
+            .map(|_| inputs_json(&request.inputs, &request.inputs_json));
         let deadline = started + self.request_timeout;
         let ticket = match (&self.outcomes, request.id.as_deref()) {
             (Some(outcomes), Some(id)) if id.len() <= MAX_ID_LENGTH => {
@@ -294,7 +296,8 @@ struct RunSummary<'a> {
 /// The prediction-log side of a run.
 struct LogEntry<'a> {
     id: &'a str,
-    inputs: Option<&'a [Tensor]>,
+    /// The record's `inputs` array, already JSON.
+    inputs: Option<&'a [u8]>,
     /// For a shadow run: how its answer compared with the primary's.
     shadow: Option<ShadowComparison>,
     /// The data-expectation violations of a flagged request.

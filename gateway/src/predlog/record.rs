@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::expectations::Flagged;
 use crate::telemetry::compare::Comparison;
@@ -40,11 +41,10 @@ pub struct PredictionRecord<'a> {
     pub rows: usize,
     #[serde(serialize_with = "tensors")]
     pub outputs: &'a [Tensor],
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "some_tensors"
-    )]
-    pub inputs: Option<&'a [Tensor]>,
+    /// The inputs array, already JSON ([`inputs_json`]): written before the run, from the
+    /// client's own text where it has it, so the tensors need not be kept for the record.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "some_raw")]
+    pub inputs: Option<&'a [u8]>,
     /// For shadow runs: how the shadow's answer compared with the primary's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowComparison>,
@@ -58,13 +58,9 @@ impl PredictionRecord<'_> {
     pub fn to_json(&self) -> Vec<u8> {
         // Sized for the usual record up front: growing the buffer step by step cost more than
         // writing the fields (profiled).
-        let values: usize = self
-            .outputs
-            .iter()
-            .chain(self.inputs.unwrap_or_default())
-            .map(|t| t.data.len())
-            .sum();
-        let mut out = Vec::with_capacity(320 + 24 * values);
+        let values: usize = self.outputs.iter().map(|t| t.data.len()).sum();
+        let inputs = self.inputs.map_or(0, <[u8]>::len);
+        let mut out = Vec::with_capacity(320 + 24 * values + inputs);
         self.write(&mut out);
         out
     }
@@ -101,7 +97,7 @@ impl PredictionRecord<'_> {
         write_tensors(out, self.outputs);
         if let Some(inputs) = self.inputs {
             out.extend_from_slice(b",\"inputs\":");
-            write_tensors(out, inputs);
+            out.extend_from_slice(inputs);
         }
         if let Some(shadow) = &self.shadow {
             out.extend_from_slice(b",\"shadow\":");
@@ -122,6 +118,13 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 }
 
 fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor]) {
+    write_tensors_as_sent(out, tensors, &[]);
+}
+
+/// Tensors as the record's v2-style array; `as_sent[i]`, where present, is tensor `i`'s data as
+/// the client's JSON text (a flat array of numbers on one line), copied instead of formatting
+/// every value again (profiled: the values' formatting was most of the record's cost).
+fn write_tensors_as_sent(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Box<RawValue>>]) {
     out.push(b'[');
     for (i, t) in tensors.iter().enumerate() {
         if i > 0 {
@@ -134,10 +137,21 @@ fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor]) {
         out.extend_from_slice(b",\"shape\":");
         json(out, &t.shape);
         out.extend_from_slice(b",\"data\":");
-        json(out, &JsonData(&t.data));
+        match as_sent.get(i).and_then(Option::as_ref) {
+            Some(text) => out.extend_from_slice(text.get().as_bytes()),
+            None => json(out, &JsonData(&t.data)),
+        }
         out.push(b'}');
     }
     out.push(b']');
+}
+
+/// A request's inputs as the record's `inputs` array (see [`write_tensors_as_sent`]).
+pub fn inputs_json(inputs: &[Tensor], as_sent: &[Option<Box<RawValue>>]) -> Vec<u8> {
+    let values: usize = inputs.iter().map(|t| t.data.len()).sum();
+    let mut out = Vec::with_capacity(64 * inputs.len() + 24 * values);
+    write_tensors_as_sent(&mut out, inputs, as_sent);
+    out
 }
 
 /// `2023-11-14T22:13:20.123456Z`, as `humantime::format_rfc3339_micros` writes it (times
@@ -349,9 +363,12 @@ fn tensors<S: Serializer>(tensors: &&[Tensor], s: S) -> Result<S::Ok, S::Error> 
     }))
 }
 
-fn some_tensors<S: Serializer>(t: &Option<&[Tensor]>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => tensors(t, s),
+/// Already-written JSON, as itself (serde_json's serializer writes a `RawValue` verbatim).
+fn some_raw<S: Serializer>(raw: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    match raw {
+        Some(bytes) => serde_json::from_slice::<&RawValue>(bytes)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s),
         None => s.serialize_none(),
     }
 }
@@ -378,7 +395,7 @@ mod tests {
             latency_us: 180,
             rows: 1,
             outputs: &outputs,
-            inputs: Some(&inputs),
+            inputs: Some(&inputs_json(&inputs, &[])),
             shadow: None,
             expectations: None,
         };
@@ -408,7 +425,10 @@ mod tests {
             Tensor::new("label", vec![2], TensorData::I64(vec![1, 0])).unwrap(),
             Tensor::new("p\"q", vec![2, 1], TensorData::F32(vec![0.25, 1e-9])).unwrap(),
         ];
-        let inputs = vec![Tensor::new("x", vec![1], TensorData::F64(vec![-3.5])).unwrap()];
+        let inputs = inputs_json(
+            &[Tensor::new("x", vec![1], TensorData::F64(vec![-3.5])).unwrap()],
+            &[],
+        );
         let shadow = ShadowComparison {
             primary_version: 1,
             label_rows: 2,
@@ -435,7 +455,7 @@ mod tests {
             expectations: None,
         };
         for r in [
-            record(Some(&inputs), Some(shadow), Some("bad \"x\"")),
+            record(Some(&inputs[..]), Some(shadow), Some("bad \"x\"")),
             record(None, None, None),
         ] {
             assert_eq!(
@@ -443,6 +463,24 @@ mod tests {
                 serde_json::to_string(&r).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn inputs_are_copied_as_sent_where_the_text_is_kept() {
+        let inputs = [
+            Tensor::new("a", vec![1, 2], TensorData::F32(vec![0.1, 2.0])).unwrap(),
+            Tensor::new("b", vec![1], TensorData::I64(vec![7])).unwrap(),
+        ];
+        let sent = RawValue::from_string("[0.10000000149011612, 2]".into()).unwrap();
+        let json = inputs_json(&inputs, &[Some(sent), None]);
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"[{"name":"a","datatype":"FP32","shape":[1,2],"data":[0.10000000149011612, 2]},{"name":"b","datatype":"INT64","shape":[1],"data":[7]}]"#
+        );
+        // Without texts, every value is formatted.
+        let formatted: serde_json::Value =
+            serde_json::from_slice(&inputs_json(&inputs, &[])).unwrap();
+        assert_eq!(formatted[0]["data"], serde_json::json!([0.1, 2.0]));
     }
 
     #[test]
