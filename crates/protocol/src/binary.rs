@@ -104,10 +104,9 @@ pub fn decode_request(
             None => input.into_tensor_and_text()?,
             Some(size) => (binary_input(input, size, binary.as_mut())?, None),
         };
-        if text.is_some() && inputs_json.is_empty() {
+        // Allocated only once an input has its text (binary and nested inputs have none).
+        if text.is_some() || !inputs_json.is_empty() {
             inputs_json.resize_with(inputs.len(), || None);
-        }
-        if !inputs_json.is_empty() {
             inputs_json.push(text);
         }
         inputs.push(tensor);

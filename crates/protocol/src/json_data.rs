@@ -110,103 +110,113 @@ fn narrow(values: Vec<i64>, datatype: DataType, input: &str) -> ServeResult<Tens
     })
 }
 
-/// The common `data`, a flat array of JSON numbers, parsed from its text straight into
-/// `datatype`: no intermediate f64 per value and no generic visitor (profiled: a batch-1
-/// request spent ~5 % of its CPU in serde_json's number parsing and the f64-to-f32 pass).
-/// FP32 values are rounded once, from the decimal (the general path rounds to f64 first).
+/// The common `data`, a flat array of JSON numbers, parsed from its text in one pass straight
+/// into `datatype`, without serde's generic visitor, the intermediate `Vec<f64>` and the
+/// conversion pass after it (profiled: ~5 % of a batch-1 request's CPU). Values convert as the
+/// general decoder converts them (FP32 through the nearest f64, integers through i64).
 ///
 /// `None` for anything else (nested arrays, strings, booleans, fractions for an integer type,
 /// values out of the type's range): the general decoder then takes the text and names the
-/// problem, so the two paths agree on every value and every error.
+/// problem, so the two paths agree on every value and every refusal (a property test holds
+/// them equal). The text is valid JSON already (serde_json checked it as a raw value).
 pub fn flat_numbers(text: &str, datatype: DataType) -> Option<TensorData> {
-    let inner = text.trim_ascii().strip_prefix('[')?.strip_suffix(']')?;
+    let inner = text
+        .trim_ascii()
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .as_bytes();
     if inner.trim_ascii().is_empty() {
         return Some(TensorData::with_capacity(datatype, 0));
     }
-    let count = 1 + inner.bytes().filter(|&b| b == b',').count();
-    let tokens = inner.split(',').map(str::trim_ascii);
+    let count = 1 + inner.iter().filter(|&&b| b == b',').count();
     Some(match datatype {
-        DataType::F32 => TensorData::F32(floats(tokens, count, |i| i as f32)?),
-        DataType::F64 => TensorData::F64(floats(tokens, count, |i| i as f64)?),
-        DataType::I64 => TensorData::I64(ints(tokens, count)?),
-        DataType::I32 => TensorData::I32(ints(tokens, count)?),
-        DataType::I16 => TensorData::I16(ints(tokens, count)?),
-        DataType::I8 => TensorData::I8(ints(tokens, count)?),
-        DataType::U8 => TensorData::U8(ints(tokens, count)?),
-        DataType::U16 => TensorData::U16(ints(tokens, count)?),
-        DataType::U32 => TensorData::U32(ints(tokens, count)?),
-        DataType::U64 => TensorData::U64(ints(tokens, count)?),
+        DataType::F32 => TensorData::F32(collect(inner, count, |t, int| {
+            let x = float(t, int)?;
+            // Finite in f64 but beyond FP32: the general decoder's range error.
+            let narrowed = x as f32;
+            narrowed.is_finite().then_some(narrowed)
+        })?),
+        DataType::F64 => TensorData::F64(collect(inner, count, float)?),
+        DataType::I64 => TensorData::I64(collect(inner, count, integer)?),
+        DataType::I32 => TensorData::I32(collect(inner, count, narrow_int)?),
+        DataType::I16 => TensorData::I16(collect(inner, count, narrow_int)?),
+        DataType::I8 => TensorData::I8(collect(inner, count, narrow_int)?),
+        DataType::U8 => TensorData::U8(collect(inner, count, narrow_int)?),
+        DataType::U16 => TensorData::U16(collect(inner, count, narrow_int)?),
+        DataType::U32 => TensorData::U32(collect(inner, count, narrow_int)?),
+        DataType::U64 => TensorData::U64(collect(inner, count, narrow_int)?),
         DataType::Bool | DataType::Bytes => return None,
     })
 }
 
-/// A token of a number's characters only (a string, a boolean, null or a nested array is
-/// not), and whether it is an integer (no fraction, no exponent).
-fn number(token: &str) -> Option<bool> {
-    let mut integer = true;
-    for b in token.bytes() {
-        match b {
-            b'0'..=b'9' | b'-' | b'+' => {}
-            b'.' | b'e' | b'E' => integer = false,
-            _ => return None,
+/// Each comma-separated token of `inner` through `value` (given the token and whether it is
+/// an integer, i.e. has no fraction or exponent); `None` at the first token that is not a
+/// number's characters (a string, a boolean, null, a nested array) or that `value` refuses.
+fn collect<T>(
+    inner: &[u8],
+    count: usize,
+    value: impl Fn(&str, bool) -> Option<T>,
+) -> Option<Vec<T>> {
+    let mut values = Vec::with_capacity(count);
+    let mut at = 0;
+    while at < inner.len() {
+        while at < inner.len() && inner[at].is_ascii_whitespace() {
+            at += 1;
         }
+        let start = at;
+        let mut int = true;
+        while let Some(&b) = inner.get(at) {
+            match b {
+                b'0'..=b'9' | b'-' | b'+' => {}
+                b'.' | b'e' | b'E' => int = false,
+                _ => break,
+            }
+            at += 1;
+        }
+        // ASCII digits and signs only, so the slice is UTF-8.
+        let token = std::str::from_utf8(&inner[start..at]).ok()?;
+        while at < inner.len() && inner[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        match inner.get(at) {
+            None => {}
+            Some(b',') => at += 1,
+            Some(_) => return None,
+        }
+        if token.is_empty() {
+            return None;
+        }
+        values.push(value(token, int)?);
     }
-    (!token.is_empty()).then_some(integer)
+    Some(values)
 }
 
-/// An integer token as serde_json reads one: an i64 (larger ones it refuses; `-0` it reads as
-/// a float, so that is left to the general path too).
-fn integer(token: &str) -> Option<i64> {
-    if token == "-0" {
+/// A number token as serde_json reads it: integers as i64 when they fit, refused between
+/// i64 and u64, floats beyond; `-0` and anything with a fraction or exponent as the nearest
+/// f64. Infinite results are refused (the general decoder's range error).
+fn float(token: &str, int: bool) -> Option<f64> {
+    let x = if int && token != "-0" {
+        match token.parse::<i64>() {
+            Ok(i) => i as f64,
+            Err(_) if token.parse::<u64>().is_ok() => return None,
+            Err(_) => token.parse().ok()?,
+        }
+    } else {
+        token.parse().ok()?
+    };
+    x.is_finite().then_some(x)
+}
+
+/// An integer token that fits i64 (`-0` is a float to serde_json).
+fn integer(token: &str, int: bool) -> Option<i64> {
+    if !int || token == "-0" {
         return None;
     }
     token.parse().ok()
 }
 
-/// Float tokens parsed from the decimal, finite ones only; integer tokens converted as the
-/// general path converts them.
-fn floats<'t, T: std::str::FromStr + Copy>(
-    tokens: impl Iterator<Item = &'t str>,
-    count: usize,
-    from_int: impl Fn(i64) -> T,
-) -> Option<Vec<T>>
-where
-    f64: From<T>,
-{
-    let mut values = Vec::with_capacity(count);
-    for token in tokens {
-        let x = if number(token)? && token != "-0" {
-            // As serde_json reads integers: i64 when it fits, refused between i64 and u64,
-            // a float beyond.
-            match token.parse::<i64>() {
-                Ok(i) => from_int(i),
-                Err(_) if token.parse::<u64>().is_ok() => return None,
-                Err(_) => token.parse::<T>().ok()?,
-            }
-        } else {
-            token.parse::<T>().ok()?
-        };
-        if !f64::from(x).is_finite() {
-            return None;
-        }
-        values.push(x);
-    }
-    Some(values)
-}
-
-/// Integer tokens that fit `T`.
-fn ints<'t, T: TryFrom<i64>>(
-    tokens: impl Iterator<Item = &'t str>,
-    count: usize,
-) -> Option<Vec<T>> {
-    let mut values = Vec::with_capacity(count);
-    for token in tokens {
-        if !number(token)? {
-            return None;
-        }
-        values.push(T::try_from(integer(token)?).ok()?);
-    }
-    Some(values)
+fn narrow_int<T: TryFrom<i64>>(token: &str, int: bool) -> Option<T> {
+    T::try_from(integer(token, int)?).ok()
 }
 
 impl<'de> serde::Deserialize<'de> for JsonTensor {

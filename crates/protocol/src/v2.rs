@@ -268,6 +268,26 @@ mod tests {
             request.inputs[0].data,
             TensorData::F32(vec![1.0, 2.0, 3.0, 4.5])
         );
+        // Nested data has no text for the log: it is written flat from the tensor.
+        assert!(request.inputs_json.is_empty());
+    }
+
+    #[test]
+    fn keeps_flat_data_as_sent_for_the_log() {
+        let body = br#"{"inputs":[
+            {"name":"a","shape":[1,2],"datatype":"FP32","data":[0.10000000149011612, 2]},
+            {"name":"b","shape":[1],"datatype":"INT64","data":[[7]]},
+            {"name":"c","shape":[2],"datatype":"FP64","data":[1,
+                                                            2]}]}"#;
+        let request = decode(body).unwrap();
+        assert_eq!(request.inputs[0].data, TensorData::F32(vec![0.1, 2.0]));
+        let texts: Vec<Option<&str>> = request
+            .inputs_json
+            .iter()
+            .map(|t| t.as_deref().map(RawValue::get))
+            .collect();
+        // Nested, or spread over lines (a JSON-lines record must stay on one): no text.
+        assert_eq!(texts, [Some("[0.10000000149011612, 2]"), None, None]);
     }
 
     #[test]

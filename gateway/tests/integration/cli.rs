@@ -48,7 +48,11 @@ fn serve_answers_then_drains_on_sigterm() {
         assert!(Instant::now() < deadline, "server did not become ready");
     }
     let address = address.expect("ready line with the HTTP address");
-    let body = std::fs::read(fixtures().join("examples/digits_v1_request_b1.json")).unwrap();
+    // Its first value written as `0e0`, which formatting the FP32 value would write `0.0`.
+    let body = std::fs::read_to_string(fixtures().join("examples/digits_v1_request_b1.json"))
+        .unwrap()
+        .replacen("\"data\":[0.0,", "\"data\":[0e0,", 1);
+    assert!(body.contains("[0e0,"));
     let client = reqwest::blocking::Client::new();
     let response = client
         .post(format!("http://{address}/v2/models/digits/infer"))
@@ -113,6 +117,8 @@ fn serve_answers_then_drains_on_sigterm() {
     assert_eq!(records.len(), 1, "{lines}");
     assert_eq!(records[0]["schema"], "sluice.prediction.v1");
     assert_eq!(records[0]["model"], "digits");
+    // The logged inputs are the client's own text, copied as sent.
+    assert!(lines.contains("\"data\":[0e0,0.0,7.0,"), "{lines}");
     assert_eq!(records[0]["status"], "ok");
     assert_eq!(records[0]["variant"], "primary");
     let events = std::fs::read_to_string(&events).unwrap();

@@ -167,6 +167,8 @@ async fn every_prediction_lands_exactly_once_with_its_variant() {
     assert_eq!(records.len() as u64, total, "records in the topic");
     assert_each_once(&records, 0..n);
     let map = by_request(&records);
+    let sent =
+        read_json(&fixtures().join("bench/mlp_request_b1.json"))["inputs"][0]["data"].clone();
     let mut canary = 0;
     for (id, found) in &map {
         let record = found[0];
@@ -183,6 +185,8 @@ async fn every_prediction_lands_exactly_once_with_its_variant() {
         }
         assert!(record["latency_us"].as_u64().is_some());
         assert_eq!(record["inputs"][0]["shape"], json!([1, 64]));
+        // The values as the client wrote them (copied, not re-formatted from FP32).
+        assert_eq!(record["inputs"][0]["data"], sent, "{id}");
         assert!(!record["outputs"].as_array().unwrap().is_empty());
     }
     let share = canary as f64 / n as f64;
