@@ -107,7 +107,7 @@ impl V2Input {
             ))
         };
         let text = raw.get();
-        let (data, flat) = match json_data::flat_numbers(text, datatype) {
+        let (data, flat) = match json_data::flat_numbers(text, datatype, expected) {
             Some(data) => (data, true),
             None => {
                 let json: JsonTensor = serde_json::from_str(text).map_err(|e| {
