@@ -181,24 +181,46 @@ fn as_string<S: Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(n)
 }
 
+/// The JSON answer's bytes: exactly [`V2Response`]'s serde form (a test holds them equal),
+/// written field by field into one buffer sized up front. Through serde, every key went
+/// through the map machinery and the string escaper, and the version through `Display`
+/// (profiled: ~a third of the encoding's cost).
 pub fn encode_response(response: &InferResponse) -> Vec<u8> {
-    let body = V2Response {
-        model_name: &response.model,
-        model_version: response.version,
-        id: response.id.as_deref(),
-        outputs: response
-            .outputs
-            .iter()
-            .map(|t| V2Output {
-                name: &t.name,
-                datatype: t.datatype(),
-                shape: &t.shape,
-                data: JsonData(&t.data),
-            })
-            .collect(),
-    };
-    // Serialising plain structs of numbers and strings into memory cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    let values: usize = response.outputs.iter().map(|t| t.data.len()).sum();
+    let mut out = Vec::with_capacity(96 + 80 * response.outputs.len() + 24 * values);
+    out.extend_from_slice(b"{\"model_name\":");
+    json(&mut out, &response.model);
+    out.extend_from_slice(b",\"model_version\":\"");
+    json(&mut out, &response.version);
+    out.push(b'"');
+    if let Some(id) = &response.id {
+        out.extend_from_slice(b",\"id\":");
+        json(&mut out, id);
+    }
+    out.extend_from_slice(b",\"outputs\":[");
+    for (i, t) in response.outputs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        json(&mut out, &t.name);
+        // Datatype names are plain ASCII words: nothing to escape.
+        out.extend_from_slice(b",\"datatype\":\"");
+        out.extend_from_slice(t.datatype().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"shape\":");
+        json(&mut out, &t.shape);
+        out.extend_from_slice(b",\"data\":");
+        json(&mut out, &JsonData(&t.data));
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// One value in serde_json's form, appended.
+fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Strings, numbers and tensor data always serialise into memory.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]`.
@@ -310,6 +332,50 @@ mod tests {
             err(r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#)
                 .contains("negative dimension")
         );
+    }
+
+    #[test]
+    fn the_written_response_is_the_serde_form() {
+        let outputs = vec![
+            Tensor::new("label", vec![2], TensorData::I64(vec![1, -3])).unwrap(),
+            Tensor::new("p\"q\\", vec![2, 1], TensorData::F32(vec![0.25, 1e-9])).unwrap(),
+            Tensor::new("s", vec![1], TensorData::Bytes(vec![b"h\n\xffi".to_vec()])).unwrap(),
+            Tensor::new("b", vec![0], TensorData::Bool(vec![])).unwrap(),
+            Tensor::new("d", vec![1], TensorData::F64(vec![f64::NAN])).unwrap(),
+        ];
+        for (id, outputs) in [
+            (None, vec![]),
+            (Some("r\u{1}\"1"), outputs.clone()),
+            (None, outputs[..1].to_vec()),
+        ] {
+            let response = InferResponse {
+                model: "m\u{e9}\t".into(),
+                version: 18_446_744_073_709_551_615,
+                variant: sluice_core::Variant::Primary,
+                id: id.map(str::to_string),
+                outputs,
+            };
+            let serde_form = serde_json::to_vec(&V2Response {
+                model_name: &response.model,
+                model_version: response.version,
+                id: response.id.as_deref(),
+                outputs: response
+                    .outputs
+                    .iter()
+                    .map(|t| V2Output {
+                        name: &t.name,
+                        datatype: t.datatype(),
+                        shape: &t.shape,
+                        data: JsonData(&t.data),
+                    })
+                    .collect(),
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(encode_response(&response)).unwrap(),
+                String::from_utf8(serde_form).unwrap()
+            );
+        }
     }
 
     #[test]
