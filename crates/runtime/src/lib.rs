@@ -64,6 +64,18 @@ impl RuntimeKind {
         }
     }
 
+    /// Whether this engine's fast versions may run on the I/O thread that received the
+    /// request (within `inline_max_us`). ONNX Runtime's sessions cost twice the CPU per
+    /// request when called from the I/O threads (bench mlp: ~110 vs ~50 us,
+    /// `loadtest/scenarios/batching.sh`), so its versions always use their workers; the
+    /// native trees and tract run inline.
+    pub fn runs_inline(self) -> bool {
+        match self {
+            RuntimeKind::Trees | RuntimeKind::Tract => true,
+            RuntimeKind::Ort => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Trees => "trees",

@@ -318,13 +318,11 @@ impl Loader {
             },
         )
         .map_err(|e| LoadError(format!("cannot start worker threads: {e}")))?;
-        // A batching delay asks requests to wait for company: they must reach the workers.
-        // ONNX Runtime's sessions cost twice the CPU per request when called from the I/O
-        // threads (bench mlp: ~110 vs ~50 us, loadtest/scenarios/batching.sh), so they stay on
-        // theirs; the native trees and tract run inline.
+        // A batching delay asks requests to wait for company: they must reach the workers; so
+        // must an engine that runs badly on the I/O threads (`RuntimeKind::runs_inline`).
         let inline_budget = match batching {
             Some(b) if b.max_queue_delay_us > 0 => Duration::ZERO,
-            _ if built.kind == RuntimeKind::Ort => Duration::ZERO,
+            _ if !built.kind.runs_inline() => Duration::ZERO,
             _ => Duration::from_micros(self.runtime.inline_max_us),
         };
         let runner = runner.with_inline(measured, inline_budget);
