@@ -197,24 +197,37 @@ pub fn encode_response(response: &InferResponse) -> Vec<u8> {
         out.extend_from_slice(b",\"id\":");
         json(&mut out, id);
     }
-    out.extend_from_slice(b",\"outputs\":[");
-    for (i, t) in response.outputs.iter().enumerate() {
+    out.extend_from_slice(b",\"outputs\":");
+    write_tensors(&mut out, &response.outputs, &[]);
+    out.push(b'}');
+    out
+}
+
+/// Tensors as a v2 JSON array of `{"name", "datatype", "shape", "data"}` objects, flat data:
+/// the answer's `outputs` and the prediction log's `outputs` and `inputs`. `as_sent[i]`, where
+/// present, is tensor `i`'s data as the client's own JSON text (a flat array of numbers on one
+/// line), copied instead of formatting every value again.
+pub fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Box<RawValue>>]) {
+    out.push(b'[');
+    for (i, t) in tensors.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"name\":");
-        json(&mut out, &t.name);
+        json(out, &t.name);
         // Datatype names are plain ASCII words: nothing to escape.
         out.extend_from_slice(b",\"datatype\":\"");
         out.extend_from_slice(t.datatype().as_str().as_bytes());
         out.extend_from_slice(b"\",\"shape\":");
-        json(&mut out, &t.shape);
+        json(out, &t.shape);
         out.extend_from_slice(b",\"data\":");
-        json(&mut out, &JsonData(&t.data));
+        match as_sent.get(i).and_then(Option::as_ref) {
+            Some(text) => out.extend_from_slice(text.get().as_bytes()),
+            None => json(out, &JsonData(&t.data)),
+        }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    out
+    out.push(b']');
 }
 
 /// One value in serde_json's form, appended.

@@ -13,7 +13,7 @@ use crate::expectations::Flagged;
 use crate::telemetry::compare::Comparison;
 use sluice_core::Variant;
 use sluice_core::tensor::Tensor;
-use sluice_protocol::v2::JsonData;
+use sluice_protocol::v2::{JsonData, write_tensors};
 
 pub const PREDICTION_SCHEMA: &str = "sluice.prediction.v1";
 pub const EVENT_SCHEMA: &str = "sluice.event.v1";
@@ -94,7 +94,7 @@ impl PredictionRecord<'_> {
         out.extend_from_slice(b",\"rows\":");
         json(out, &self.rows);
         out.extend_from_slice(b",\"outputs\":");
-        write_tensors(out, self.outputs);
+        write_tensors(out, self.outputs, &[]);
         if let Some(inputs) = self.inputs {
             out.extend_from_slice(b",\"inputs\":");
             out.extend_from_slice(inputs);
@@ -117,40 +117,12 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
-fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor]) {
-    write_tensors_as_sent(out, tensors, &[]);
-}
-
-/// Tensors as the record's v2-style array; `as_sent[i]`, where present, is tensor `i`'s data as
-/// the client's JSON text (a flat array of numbers on one line), copied instead of formatting
-/// every value again (profiled: the values' formatting was most of the record's cost).
-fn write_tensors_as_sent(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Box<RawValue>>]) {
-    out.push(b'[');
-    for (i, t) in tensors.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"name\":");
-        json(out, &t.name);
-        out.extend_from_slice(b",\"datatype\":");
-        json(out, &t.datatype());
-        out.extend_from_slice(b",\"shape\":");
-        json(out, &t.shape);
-        out.extend_from_slice(b",\"data\":");
-        match as_sent.get(i).and_then(Option::as_ref) {
-            Some(text) => out.extend_from_slice(text.get().as_bytes()),
-            None => json(out, &JsonData(&t.data)),
-        }
-        out.push(b'}');
-    }
-    out.push(b']');
-}
-
-/// A request's inputs as the record's `inputs` array (see [`write_tensors_as_sent`]).
+/// A request's inputs as the record's `inputs` array, each input's data copied from the
+/// client's text where `as_sent` has it (see [`sluice_protocol::v2::write_tensors`]).
 pub fn inputs_json(inputs: &[Tensor], as_sent: &[Option<Box<RawValue>>]) -> Vec<u8> {
     let values: usize = inputs.iter().map(|t| t.data.len()).sum();
     let mut out = Vec::with_capacity(64 * inputs.len() + 24 * values);
-    write_tensors_as_sent(&mut out, inputs, as_sent);
+    write_tensors(&mut out, inputs, as_sent);
     out
 }
 
