@@ -17,7 +17,7 @@ pub struct InferRequest {
     /// `inputs[i]`'s data as the client's own JSON text, where it came as a flat array of
     /// numbers on one line (v2 JSON): the prediction log copies it instead of formatting every
     /// value again. Empty, or `None` for an input, where there is no such text.
-    pub inputs_json: Vec<Option<Box<serde_json::value::RawValue>>>,
+    pub inputs_json: Vec<Option<Box<str>>>,
     /// Outputs the client asked for; `None` means all of them.
     pub outputs: Option<Vec<String>>,
     /// The wire protocol, for metrics.

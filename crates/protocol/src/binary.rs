@@ -27,7 +27,9 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The length of the JSON header, when the request uses binary framing.
 pub fn header_length(headers: &HeaderMap) -> ServeResult<Option<usize>> {
-    let Some(value) = headers.get(HEADER_LENGTH) else {
+    // A name made once: looking up by `&str` parses and lower-cases it on every request.
+    const NAME: http::HeaderName = http::HeaderName::from_static(HEADER_LENGTH);
+    let Some(value) = headers.get(NAME) else {
         return Ok(None);
     };
     value
@@ -74,6 +76,18 @@ pub fn decode_request(
     model: String,
     version: Option<String>,
 ) -> ServeResult<(InferRequest, OutputEncoding)> {
+    decode_request_with(body, header_length, model, version, true)
+}
+
+/// [`decode_request`]; `scan` false keeps a plain JSON body off the one-pass reader (tests
+/// compare the two paths).
+pub(crate) fn decode_request_with(
+    body: &[u8],
+    header_length: Option<usize>,
+    model: String,
+    version: Option<String>,
+    scan: bool,
+) -> ServeResult<(InferRequest, OutputEncoding)> {
     let (json, mut binary) = match header_length {
         None => (body, None),
         Some(n) if n > body.len() => {
@@ -87,6 +101,12 @@ pub fn decode_request(
             (json, Some(Section { rest, used: 0 }))
         }
     };
+    if scan
+        && binary.is_none()
+        && let Some(scanned) = crate::scan::scan(json)
+    {
+        return decode_scanned(scanned, model, version);
+    }
     let parsed = v2::parse_request(json)?;
     let outputs = output_encoding(&parsed)?;
     let keys = sluice_core::RequestKeys::from_json_parameters(parsed.parameters.as_ref());
@@ -104,12 +124,7 @@ pub fn decode_request(
             None => input.into_tensor_and_text()?,
             Some(size) => (binary_input(input, size, binary.as_mut())?, None),
         };
-        // Allocated only once an input has its text (binary and nested inputs have none).
-        if text.is_some() || !inputs_json.is_empty() {
-            inputs_json.resize_with(inputs.len(), || None);
-            inputs_json.push(text);
-        }
-        inputs.push(tensor);
+        push_input(&mut inputs, &mut inputs_json, tensor, text);
     }
     if let Some(section) = &binary
         && section.used != section.rest.len()
@@ -137,6 +152,58 @@ pub fn decode_request(
         keys,
     };
     Ok((request, outputs))
+}
+
+/// A plain JSON request of the usual shape (see [`crate::scan`]): no binary sections, no
+/// parameters, every output in JSON; its inputs decoded as the general path decodes them.
+fn decode_scanned(
+    scanned: crate::scan::Scanned<'_>,
+    model: String,
+    version: Option<String>,
+) -> ServeResult<(InferRequest, OutputEncoding)> {
+    let mut inputs = Vec::with_capacity(scanned.inputs.len());
+    let mut inputs_json = Vec::new();
+    for input in scanned.inputs {
+        let (tensor, keep) = v2::decode_input(
+            input.name.to_owned(),
+            &input.shape,
+            input.datatype,
+            Some(input.data),
+        )?;
+        push_input(
+            &mut inputs,
+            &mut inputs_json,
+            tensor,
+            keep.then(|| Box::from(input.data)),
+        );
+    }
+    let request = InferRequest {
+        model,
+        version,
+        id: scanned.id.map(str::to_owned),
+        inputs,
+        inputs_json,
+        outputs: None,
+        protocol: Protocol::V2Json,
+        keys: sluice_core::RequestKeys::from_json_parameters(None),
+    };
+    Ok((request, OutputEncoding::default()))
+}
+
+/// Adds a decoded input and its data's text, if it has one, to the request's lists. The texts'
+/// list is made only once an input has one (binary and nested inputs have none); from then on
+/// it has an entry per input.
+fn push_input(
+    inputs: &mut Vec<Tensor>,
+    texts: &mut Vec<Option<Box<str>>>,
+    tensor: Tensor,
+    text: Option<Box<str>>,
+) {
+    if text.is_some() || !texts.is_empty() {
+        texts.resize_with(inputs.len(), || None);
+        texts.push(text);
+    }
+    inputs.push(tensor);
 }
 
 /// The part of the body after the JSON header, consumed input by input.

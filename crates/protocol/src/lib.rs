@@ -11,6 +11,7 @@ mod fuzz;
 pub mod grpc;
 pub mod json_data;
 pub mod raw;
+mod scan;
 pub mod v1;
 pub mod v2;
 

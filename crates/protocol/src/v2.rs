@@ -93,44 +93,54 @@ impl V2Input {
 
     /// [`V2Input::into_tensor`], also handing back the `data` text when it was a flat array
     /// of numbers on one line (what a prediction-log record may copy as it is).
-    pub fn into_tensor_and_text(self) -> ServeResult<(Tensor, Option<Box<RawValue>>)> {
-        let shape = parse_shape(&self.name, &self.shape)?;
-        let datatype = parse_datatype(&self.name, &self.datatype)?;
-        let raw = self
-            .data
-            .ok_or_else(|| ServeError::bad_request(format!("input '{}' has no data", self.name)))?;
-        let expected = element_count(&shape);
-        let count_error = |found: usize| {
-            ServeError::bad_request(format!(
-                "input '{}': shape {:?} needs {expected} values, data has {found}",
-                self.name, self.shape,
-            ))
-        };
-        let text = raw.get();
-        let (data, flat) = match json_data::flat_numbers(text, datatype, expected) {
-            Some(data) => (data, true),
-            None => {
-                let json: JsonTensor = serde_json::from_str(text).map_err(|e| {
-                    ServeError::bad_request(format!(
-                        "input '{}': invalid data: {}",
-                        self.name,
-                        without_position(&e)
-                    ))
-                })?;
-                if json.len() != expected {
-                    return Err(count_error(json.len()));
-                }
-                (json.into_data(datatype, &self.name)?, false)
-            }
-        };
-        if data.len() != expected {
-            return Err(count_error(data.len()));
-        }
-        let one_line = !text.bytes().any(|b| b == b'\n' || b == b'\r');
-        let tensor = Tensor::new(self.name, shape, data)
-            .map_err(|e| ServeError::bad_request(e.to_string()))?;
-        Ok((tensor, (flat && one_line).then_some(raw)))
+    pub fn into_tensor_and_text(self) -> ServeResult<(Tensor, Option<Box<str>>)> {
+        let text = self.data.as_deref().map(RawValue::get);
+        let (tensor, keep) = decode_input(self.name, &self.shape, &self.datatype, text)?;
+        Ok((tensor, self.data.filter(|_| keep).map(Into::into)))
     }
+}
+
+/// One input's tensor from its parts as sent, `data` as its JSON text; and whether that text
+/// may stand for the values in the prediction log (a flat array of numbers, on one line).
+/// Both request decoders end here, so they agree on every value and every refusal.
+pub(crate) fn decode_input(
+    name: String,
+    shape: &[i64],
+    datatype: &str,
+    text: Option<&str>,
+) -> ServeResult<(Tensor, bool)> {
+    let dims = parse_shape(&name, shape)?;
+    let datatype = parse_datatype(&name, datatype)?;
+    let text =
+        text.ok_or_else(|| ServeError::bad_request(format!("input '{name}' has no data")))?;
+    let expected = element_count(&dims);
+    let count_error = |found: usize| {
+        ServeError::bad_request(format!(
+            "input '{name}': shape {shape:?} needs {expected} values, data has {found}",
+        ))
+    };
+    let (data, flat) = match json_data::flat_numbers(text, datatype, expected) {
+        Some(data) => (data, true),
+        None => {
+            let json: JsonTensor = serde_json::from_str(text).map_err(|e| {
+                ServeError::bad_request(format!(
+                    "input '{name}': invalid data: {}",
+                    without_position(&e)
+                ))
+            })?;
+            if json.len() != expected {
+                return Err(count_error(json.len()));
+            }
+            (json.into_data(datatype, &name)?, false)
+        }
+    };
+    if data.len() != expected {
+        return Err(count_error(data.len()));
+    }
+    let one_line = !text.bytes().any(|b| b == b'\n' || b == b'\r');
+    let tensor =
+        Tensor::new(name, dims, data).map_err(|e| ServeError::bad_request(e.to_string()))?;
+    Ok((tensor, flat && one_line))
 }
 
 /// serde_json's message without its " at line L column C": the position is within one input's
@@ -207,7 +217,7 @@ pub fn encode_response(response: &InferResponse) -> Vec<u8> {
 /// the answer's `outputs` and the prediction log's `outputs` and `inputs`. `as_sent[i]`, where
 /// present, is tensor `i`'s data as the client's own JSON text (a flat array of numbers on one
 /// line), copied instead of formatting every value again.
-pub fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Box<RawValue>>]) {
+pub fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Box<str>>]) {
     out.push(b'[');
     for (i, t) in tensors.iter().enumerate() {
         if i > 0 {
@@ -222,7 +232,7 @@ pub fn write_tensors(out: &mut Vec<u8>, tensors: &[Tensor], as_sent: &[Option<Bo
         json(out, &t.shape);
         out.extend_from_slice(b",\"data\":");
         match as_sent.get(i).and_then(Option::as_ref) {
-            Some(text) => out.extend_from_slice(text.get().as_bytes()),
+            Some(text) => out.extend_from_slice(text.as_bytes()),
             None => json(out, &JsonData(&t.data)),
         }
         out.push(b'}');
@@ -316,11 +326,7 @@ mod tests {
                                                             2]}]}"#;
         let request = decode(body).unwrap();
         assert_eq!(request.inputs[0].data, TensorData::F32(vec![0.1, 2.0]));
-        let texts: Vec<Option<&str>> = request
-            .inputs_json
-            .iter()
-            .map(|t| t.as_deref().map(RawValue::get))
-            .collect();
+        let texts: Vec<Option<&str>> = request.inputs_json.iter().map(Option::as_deref).collect();
         // Nested, or spread over lines (a JSON-lines record must stay on one): no text.
         assert_eq!(texts, [Some("[0.10000000149011612, 2]"), None, None]);
     }
