@@ -291,7 +291,7 @@ async fn serve_listeners(
     })
     .await;
     let grpc_health = grpc.health();
-    let app = http::routes(Arc::new(http::HttpState {
+    let app = http::HttpService::new(Arc::new(http::HttpState {
         inference: Arc::clone(&core.inference),
         models: Arc::clone(&core.models),
         ready: Arc::clone(ready),

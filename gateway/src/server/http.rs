@@ -48,7 +48,81 @@ pub struct HttpState {
 
 type AppState = State<Arc<HttpState>>;
 
-pub fn routes(state: Arc<HttpState>) -> Router {
+/// The HTTP listener's service. The two inference routes carry nearly all of its traffic, so
+/// they are recognised here and go straight to their handler; everything else (and any
+/// inference path the router must decode, such as a percent-encoded name) goes through the
+/// router. Profiled, batch-1 churn: the router's path match and URL-parameter map (2.5 %) and
+/// its error-wrapping layer's boxed future (2.2 %) were ~4 % of the server's CPU per request,
+/// for routes whose shape is fixed and whose errors are JSON already.
+#[derive(Clone)]
+pub struct HttpService {
+    state: Arc<HttpState>,
+    router: Router,
+}
+
+impl HttpService {
+    pub fn new(state: Arc<HttpState>) -> HttpService {
+        HttpService {
+            router: routes(Arc::clone(&state)),
+            state,
+        }
+    }
+}
+
+type BoxedAnswer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+>;
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for HttpService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        BoxedAnswer,
+        <Router as tower::Service<http::Request<hyper::body::Incoming>>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        use futures_util::future::Either;
+        if request.method() == Method::POST
+            && let Some((model, version)) = infer_target(request.uri().path())
+        {
+            let state = Arc::clone(&self.state);
+            let (parts, body) = request.into_parts();
+            return Either::Left(Box::pin(async move {
+                Ok(
+                    run_v2(&state, model, version, parts.headers, Body::new(body))
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response),
+                )
+            }));
+        }
+        Either::Right(tower::Service::call(&mut self.router, request))
+    }
+}
+
+/// The model and version of `/v2/models/{model}/infer` or
+/// `/v2/models/{model}/versions/{version}/infer`, when each is a plain path segment (not
+/// empty, nothing percent-encoded: those are the router's to decode and refuse).
+fn infer_target(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let plain = |segment: &str| !segment.is_empty() && !segment.contains(['/', '%']);
+    match rest.split_once('/') {
+        None => plain(rest).then(|| (rest.to_owned(), None)),
+        Some((model, tail)) => {
+            let version = tail.strip_prefix("versions/")?;
+            (plain(model) && plain(version)).then(|| (model.to_owned(), Some(version.to_owned())))
+        }
+    }
+}
+
+fn routes(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -77,6 +151,8 @@ pub fn routes(state: Arc<HttpState>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Outermost: whatever answers an error without JSON (an extractor's rejection, such
         // as a path that is not valid percent-encoded UTF-8) is turned into `{"error": ...}`.
+        // Layers here do not see the inference requests `HttpService` matches by hand (their
+        // errors are JSON already); a layer those need belongs in `HttpService::call`.
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
@@ -481,5 +557,38 @@ mod tests {
         );
         assert!(parse_v1_target("churn:classify").is_err());
         assert!(parse_v1_target("a/b:predict").is_err());
+    }
+
+    #[test]
+    fn inference_paths_matched_by_hand() {
+        let target = |path| infer_target(path);
+        assert_eq!(
+            target("/v2/models/churn/infer"),
+            Some(("churn".into(), None))
+        );
+        assert_eq!(
+            target("/v2/models/churn/versions/3/infer"),
+            Some(("churn".into(), Some("3".into())))
+        );
+        // A model may be called "versions".
+        assert_eq!(
+            target("/v2/models/versions/infer"),
+            Some(("versions".into(), None))
+        );
+        for other in [
+            "/v2/models/churn",
+            "/v2/models/infer",
+            "/v2/models//infer",
+            "/v2/models/churn/infer/",
+            "/v2/models/churn/versions/infer",
+            "/v2/models/churn/versions//infer",
+            "/v2/models/churn/versions/3/4/infer",
+            "/v2/models/churn/other/3/infer",
+            "/v2/models/ch%75rn/infer",
+            "/v2/models/churn/versions/%33/infer",
+            "/v1/models/churn/infer",
+        ] {
+            assert_eq!(target(other), None, "{other}");
+        }
     }
 }

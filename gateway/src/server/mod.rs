@@ -42,12 +42,21 @@ pub(crate) fn metrics_routes(
 /// Serves until shutdown is signalled, then lets open requests finish for at most `drain`.
 /// The connection loop gives handlers the peer address, which is how a mutation without a
 /// configured token is limited to loopback.
-pub(crate) async fn serve_until_drained(
+pub(crate) async fn serve_until_drained<S>(
     listener: TcpListener,
-    serving: connections::Listener<axum::Router>,
+    serving: connections::Listener<S>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-) {
+) where
+    S: tower::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let serve = connections::serve(listener, serving, shutdown.clone());
     let deadline = async {
         let _ = shutdown.wait_for(|stopped| *stopped).await;

@@ -183,6 +183,30 @@ async fn request_id_and_output_selection() {
     assert_eq!(status, 200, "{body}");
     let expected = read_json(&fixtures().join("examples/credit_v2_expected_b4.json"));
     assert_outputs_match(&body, &expected, 1e-5, "nested data");
+
+    // The inference routes are matched by hand on the hot path; names that need decoding go
+    // through the router, and reach the same handler or its JSON refusal.
+    for path in [
+        "/v2/models/cr%65dit/infer",
+        "/v2/models/credit/versions/%32/infer",
+    ] {
+        let (status, body) = server.post_json(path, &nested).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_outputs_match(&body, &expected, 1e-5, path);
+    }
+    let (status, body) = server.post_json("/v2/models/%ff%fe/infer", &nested).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("path"), "{body}");
+    let (status, body) = server.post_json("/v2/models//infer", &nested).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server
+        .post_json("/v2/models/credit/versions//infer", &nested)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("version ''"),
+        "{body}"
+    );
     server.stop().await;
 }
 
