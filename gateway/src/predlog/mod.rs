@@ -2,7 +2,8 @@
 //! sink (Kafka, or a local rotating JSON-lines file) by a dedicated thread.
 //!
 //! The request path only enqueues: it serialises the record and pushes it into a bounded
-//! backlog without waiting. The backlog is bounded in records and in bytes; when either is
+//! backlog without waiting (with Kafka, while the backlog is empty, it hands the record to
+//! the producer's own buffer directly, which is just as non-blocking: `kafka::Direct`). The backlog is bounded in records and in bytes; when either is
 //! full the record is dropped and counted (metric and rate-limited log line), never silently
 //! lost and never a delay for the client. The writer thread hands records to the sink, and
 //! when the sink cannot take more (Kafka away, its buffer full) it holds on and retries, so
@@ -154,6 +155,8 @@ struct Inner {
     config: PredictionLogConfig,
     sink_name: &'static str,
     queue: Option<Sender<Entry>>,
+    /// The Kafka producer, for prediction records handed over on the request's thread.
+    direct: Option<kafka::Direct>,
     shared: Arc<Shared>,
     closed: AtomicBool,
     /// Last time a drop was logged, in ms since `started`; drops are logged once a second.
@@ -174,7 +177,7 @@ pub struct PredictionLog {
 impl PredictionLog {
     /// A log that writes nothing (`sink = "none"`, and tests).
     pub fn disabled() -> PredictionLog {
-        PredictionLog::with_sink(PredictionLogConfig::default(), "none", None)
+        PredictionLog::with_sink(PredictionLogConfig::default(), "none", None, None)
     }
 
     /// Opens the configured sink and starts the writer thread. Fails only on a sink that
@@ -182,29 +185,36 @@ impl PredictionLog {
     /// that is down is not a failure: records wait for it.
     pub fn start(config: &PredictionLogConfig) -> Result<PredictionLog, String> {
         let counters = Arc::new(Counters::default());
+        let mut direct = None;
         let sink: Box<dyn Sink> = match config.sink {
             SinkChoice::None => return Ok(PredictionLog::disabled()),
             SinkChoice::File => {
                 Box::new(file::FileSink::open(&config.file, Arc::clone(&counters))?)
             }
-            SinkChoice::Kafka => Box::new(kafka::KafkaSink::connect(
-                &config.kafka,
-                Arc::clone(&counters),
-            )?),
+            SinkChoice::Kafka => {
+                let sink = kafka::KafkaSink::connect(&config.kafka, Arc::clone(&counters))?;
+                direct = Some(sink.direct());
+                Box::new(sink)
+            }
         };
         let name = match config.sink {
             SinkChoice::Kafka => "kafka",
             _ => "file",
         };
         metrics::zero_predlog_counters();
-        let log = PredictionLog::with_sink(config.clone(), name, Some((sink, counters)));
-        Ok(log)
+        Ok(PredictionLog::with_sink(
+            config.clone(),
+            name,
+            Some((sink, counters)),
+            direct,
+        ))
     }
 
     fn with_sink(
         config: PredictionLogConfig,
         sink_name: &'static str,
         sink: Option<(Box<dyn Sink>, Arc<Counters>)>,
+        direct: Option<kafka::Direct>,
     ) -> PredictionLog {
         let (queue, shared, writer, closing, close_request) = match sink {
             Some((sink, counters)) => {
@@ -229,6 +239,7 @@ impl PredictionLog {
                 config,
                 sink_name,
                 queue,
+                direct,
                 shared,
                 closed: AtomicBool::new(false),
                 last_drop_log: AtomicU64::new(0),
@@ -256,6 +267,16 @@ impl PredictionLog {
 
     /// Queues one serialised prediction record without waiting.
     pub fn prediction(&self, key: String, payload: Vec<u8>) {
+        let inner = &self.inner;
+        // Straight to the Kafka producer (see `kafka::Direct`) while the backlog is empty;
+        // a closed log refuses in `submit`.
+        if let (Some(direct), Some(queue)) = (&inner.direct, &inner.queue)
+            && queue.is_empty()
+            && !inner.closed.load(Ordering::Relaxed)
+            && direct.send(Stream::Predictions, &key, &payload)
+        {
+            return;
+        }
         self.submit(Entry {
             stream: Stream::Predictions,
             key,
