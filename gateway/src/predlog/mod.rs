@@ -3,9 +3,10 @@
 //!
 //! The request path only enqueues: it serialises the record and pushes it into a bounded
 //! backlog without waiting (with Kafka, while the backlog is empty, it hands the record to
-//! the producer's own buffer directly, which is just as non-blocking: `kafka::Direct`). The backlog is bounded in records and in bytes; when either is
-//! full the record is dropped and counted (metric and rate-limited log line), never silently
-//! lost and never a delay for the client. The writer thread hands records to the sink, and
+//! the producer's own buffer directly, which is just as non-blocking: `kafka::Direct`). The
+//! backlog is bounded in records and in bytes; when either is full the record is dropped
+//! and counted (metric and rate-limited log line), never silently lost and never a delay for
+//! the client. The writer thread hands records to the sink, and
 //! when the sink cannot take more (Kafka away, its buffer full) it holds on and retries, so
 //! records pile up in the backlog rather than being thrown away; an outage shorter than what
 //! the buffers hold loses nothing. On shutdown the backlog is flushed within a deadline and
